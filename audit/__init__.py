@@ -1,0 +1,1 @@
+"""The tamper-evident access log: append, Merkle tree, checkpoints, proofs, export, verification."""

@@ -1,0 +1,1 @@
+"""The hub of the Once-Only Exchange: identity, policy, routing, verification, registry, CLI."""
