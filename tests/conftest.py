@@ -26,7 +26,7 @@ def _postgres_reachable() -> str | None:
         with engine.connect():
             pass
         engine.dispose()
-    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+    except Exception as exc:  # any failure means "not reachable"
         return str(exc).splitlines()[0]
     return None
 
@@ -62,3 +62,14 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'exchange.db'}"
     url: str = request.getfixturevalue("postgres_url")
     return url
+
+
+# --- the test PKI (exchange/pki.py) ------------------------------------------------------------
+
+from pki_fixture import TestPki  # noqa: E402 - kept next to the fixture that uses it
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
+    """One CA for the session; `.identity(name, role, department)` etc. issue once and cache."""
+    return TestPki(tmp_path_factory.mktemp("pki"))
