@@ -76,12 +76,12 @@ def as_exchange_error(exc: BaseException) -> ExchangeError:
 
 
 @contextlib.asynccontextmanager
-async def translate_errors(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:  # type: ignore[type-arg]
+async def translate_errors(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
     """Turn exceptions escaping an RPC handler into a gRPC status with a public message."""
     try:
         yield
     except grpc.aio.AbortError:
         raise
-    except Exception as exc:  # noqa: BLE001 - this is the boundary that must catch everything
+    except Exception as exc:  # the boundary: everything unexpected becomes INTERNAL
         error = as_exchange_error(exc)
         await context.abort(error.status, error.message)
