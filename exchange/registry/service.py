@@ -1,0 +1,217 @@
+"""RegistryService over gRPC: administrators change the catalogue, and every change is audited.
+
+The hub's gate interceptor has already checked that the caller is an administrator and set
+the caller's identity. Each register or update, applied or refused, becomes one
+REGISTRY_CHANGE audit event with the record before and after, durable before the answer
+leaves. Listing is not audited: it changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable
+from typing import TypeVar
+
+import grpc
+import grpc.aio
+
+from audit.events import AuditEvent, AuditSink, EventKind, Outcome
+from exchange.errors import as_exchange_error, translate_errors
+from exchange.identity import current_identity
+from exchange.registry.model import (
+    CertificateType,
+    DataSource,
+    Department,
+    Grant,
+    Record,
+    to_json,
+)
+from exchange.registry.store import RegistryStore
+from exchange.v1 import registry_pb2, registry_pb2_grpc
+
+R = TypeVar("R", bound=Record)
+
+SERVICE = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name
+
+# Statuses that mean "the request was wrong", as opposed to the exchange failing.
+REFUSALS = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    }
+)
+
+
+class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
+    """Serves the registry store to administrators and audits every change."""
+
+    def __init__(self, store: RegistryStore, audit: AuditSink) -> None:
+        self._store = store
+        self._audit = audit
+
+    async def RegisterDepartment(
+        self, request: registry_pb2.Department, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.Department:
+        """Register a department; ALREADY_EXISTS when its code is taken."""
+        async with translate_errors(context):
+            department = Department.from_proto(request)
+            stored = await self._register(
+                "RegisterDepartment", department, self._store.register_department
+            )
+            return stored.to_proto()
+
+    async def UpdateDepartment(
+        self, request: registry_pb2.Department, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.Department:
+        """Replace a department and its signing keys; NOT_FOUND when it is not registered."""
+        async with translate_errors(context):
+            department = Department.from_proto(request)
+            stored = await self._update(
+                "UpdateDepartment", department, self._store.update_department
+            )
+            return stored.to_proto()
+
+    async def ListDepartments(
+        self, request: registry_pb2.ListDepartmentsRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.ListDepartmentsResponse:
+        """Every department with its signing keys."""
+        async with translate_errors(context):
+            found = await asyncio.to_thread(self._store.list_departments)
+            return registry_pb2.ListDepartmentsResponse(departments=[d.to_proto() for d in found])
+
+    async def RegisterCertificateType(
+        self, request: registry_pb2.CertificateType, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.CertificateType:
+        """Register a certificate type; ALREADY_EXISTS when its code is taken."""
+        async with translate_errors(context):
+            certificate_type = CertificateType.from_proto(request)
+            stored = await self._register(
+                "RegisterCertificateType", certificate_type, self._store.register_certificate_type
+            )
+            return stored.to_proto()
+
+    async def UpdateCertificateType(
+        self, request: registry_pb2.CertificateType, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.CertificateType:
+        """Replace a certificate type; NOT_FOUND when it is not registered."""
+        async with translate_errors(context):
+            certificate_type = CertificateType.from_proto(request)
+            stored = await self._update(
+                "UpdateCertificateType", certificate_type, self._store.update_certificate_type
+            )
+            return stored.to_proto()
+
+    async def ListCertificateTypes(
+        self, request: registry_pb2.ListCertificateTypesRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.ListCertificateTypesResponse:
+        """Every certificate type."""
+        async with translate_errors(context):
+            found = await asyncio.to_thread(self._store.list_certificate_types)
+            return registry_pb2.ListCertificateTypesResponse(
+                certificate_types=[t.to_proto() for t in found]
+            )
+
+    async def RegisterDataSource(
+        self, request: registry_pb2.DataSource, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.DataSource:
+        """Register a data source; ALREADY_EXISTS when its id is taken."""
+        async with translate_errors(context):
+            data_source = DataSource.from_proto(request)
+            stored = await self._register(
+                "RegisterDataSource", data_source, self._store.register_data_source
+            )
+            return stored.to_proto()
+
+    async def UpdateDataSource(
+        self, request: registry_pb2.DataSource, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.DataSource:
+        """Replace a data source; NOT_FOUND when it is not registered."""
+        async with translate_errors(context):
+            data_source = DataSource.from_proto(request)
+            stored = await self._update(
+                "UpdateDataSource", data_source, self._store.update_data_source
+            )
+            return stored.to_proto()
+
+    async def ListDataSources(
+        self, request: registry_pb2.ListDataSourcesRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.ListDataSourcesResponse:
+        """Every data source, enabled or not."""
+        async with translate_errors(context):
+            found = await asyncio.to_thread(self._store.list_data_sources)
+            return registry_pb2.ListDataSourcesResponse(data_sources=[s.to_proto() for s in found])
+
+    async def RegisterGrant(
+        self, request: registry_pb2.Grant, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.Grant:
+        """Register a grant (id assigned when empty); ALREADY_EXISTS when its id is taken."""
+        async with translate_errors(context):
+            grant = Grant.from_proto(request)
+            stored = await self._register("RegisterGrant", grant, self._store.register_grant)
+            return stored.to_proto()
+
+    async def UpdateGrant(
+        self, request: registry_pb2.Grant, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.Grant:
+        """Replace a grant; NOT_FOUND when it is not registered."""
+        async with translate_errors(context):
+            grant = Grant.from_proto(request)
+            stored = await self._update("UpdateGrant", grant, self._store.update_grant)
+            return stored.to_proto()
+
+    async def ListGrants(
+        self, request: registry_pb2.ListGrantsRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.ListGrantsResponse:
+        """Every grant, or those to one requesting department."""
+        async with translate_errors(context):
+            found = await asyncio.to_thread(self._store.list_grants, request.requesting_department)
+            return registry_pb2.ListGrantsResponse(grants=[g.to_proto() for g in found])
+
+    async def _register(self, method: str, record: R, register: Callable[[R], R]) -> R:
+        return await self._change(method, record, lambda: (None, register(record)))
+
+    async def _update(self, method: str, record: R, update: Callable[[R], tuple[R, R]]) -> R:
+        return await self._change(method, record, lambda: update(record))
+
+    async def _change(
+        self, method: str, attempted: R, apply: Callable[[], tuple[R | None, R]]
+    ) -> R:
+        """Apply a change off the event loop, audit its outcome, and return the stored record."""
+        identity = current_identity()
+        event = AuditEvent(
+            event=EventKind.REGISTRY_CHANGE,
+            outcome=Outcome.GRANTED,
+            status=grpc.StatusCode.OK.name,
+            method=f"/{SERVICE}/{method}",
+            caller=identity.name,
+            requester_department=identity.department,
+            role=str(identity.role),
+        )
+        try:
+            before, after = await asyncio.to_thread(apply)
+        except Exception as exc:
+            error = as_exchange_error(exc)
+            # A refused change records what was attempted, so auditors see what was tried.
+            await self._audit.append(
+                dataclasses.replace(
+                    event,
+                    outcome=Outcome.REFUSED if error.status in REFUSALS else Outcome.FAILED,
+                    status=error.status.name,
+                    reason=error.message,
+                    change_after=to_json(attempted),
+                )
+            )
+            raise error from exc
+        await self._audit.append(
+            dataclasses.replace(
+                event,
+                change_before="" if before is None else to_json(before),
+                change_after=to_json(after),
+            )
+        )
+        return after

@@ -1,0 +1,300 @@
+"""The registry store: validated changes to the catalogue, and cached snapshots of it.
+
+Each change is one transaction that first bumps the registry version row. That row lock makes
+concurrent changes (from any hub process) queue, so the existence and reference checks that
+follow see every earlier change; and a hub learns its cached snapshot is stale from one cheap
+query on its next look-up.
+
+Register refuses a taken code with ALREADY_EXISTS, update an unknown one with NOT_FOUND; a
+record that is malformed or names an unknown department or type is INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import sqlalchemy as sa
+
+from exchange.errors import already_exists, invalid_argument, not_found, unavailable
+from exchange.registry import rows
+from exchange.registry.model import CertificateType, DataSource, Department, Grant, Record
+from exchange.registry.snapshot import RegistrySnapshot
+from exchange.registry.validation import (
+    check_code,
+    checked_certificate_type,
+    checked_data_source,
+    checked_department,
+    checked_grant,
+)
+
+R = TypeVar("R", bound=Record)
+
+# A snapshot is read with the version before and after; a change in between means retry.
+SNAPSHOT_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class _Kind(Generic[R]):
+    """How the store handles one kind of record."""
+
+    label: str  # as messages name it: "department", "data source"
+    key: Callable[[R], str]
+    check: Callable[[R], R]
+    load_one: Callable[[sa.Connection, str], list[R]]
+    check_references: Callable[[sa.Connection, R, R | None], None]
+
+
+class RegistryStore:
+    """The catalogue in the database; every method but `snapshot` is synchronous."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self._engine = engine
+        self._snapshot: RegistrySnapshot | None = None
+        self._reload = threading.Lock()
+
+    # Departments
+
+    def register_department(self, department: Department) -> Department:
+        """Store a new department with its signing keys (key ids derived when empty)."""
+        return self._register(_DEPARTMENT, department)
+
+    def update_department(self, department: Department) -> tuple[Department, Department]:
+        """Replace a department's name and signing keys; returns (before, after)."""
+        return self._update(_DEPARTMENT, department)
+
+    def list_departments(self) -> list[Department]:
+        """Every department, by code."""
+        with self._engine.connect() as conn:
+            return rows.load_departments(conn)
+
+    # Certificate types
+
+    def register_certificate_type(self, certificate_type: CertificateType) -> CertificateType:
+        """Store a new certificate type of a registered department."""
+        return self._register(_CERTIFICATE_TYPE, certificate_type)
+
+    def update_certificate_type(
+        self, certificate_type: CertificateType
+    ) -> tuple[CertificateType, CertificateType]:
+        """Replace a certificate type; refused if grants or data sources would stop fitting it."""
+        return self._update(_CERTIFICATE_TYPE, certificate_type)
+
+    def list_certificate_types(self) -> list[CertificateType]:
+        """Every certificate type, by code."""
+        with self._engine.connect() as conn:
+            return rows.load_certificate_types(conn)
+
+    # Data sources
+
+    def register_data_source(self, data_source: DataSource) -> DataSource:
+        """Store a new data source serving types its department issues."""
+        return self._register(_DATA_SOURCE, data_source)
+
+    def update_data_source(self, data_source: DataSource) -> tuple[DataSource, DataSource]:
+        """Replace a data source (e.g. its endpoints, or enabled); returns (before, after)."""
+        return self._update(_DATA_SOURCE, data_source)
+
+    def list_data_sources(self) -> list[DataSource]:
+        """Every data source, enabled or not, by id."""
+        with self._engine.connect() as conn:
+            return rows.load_data_sources(conn)
+
+    # Grants
+
+    def register_grant(self, grant: Grant) -> Grant:
+        """Store a new grant; its id is assigned when empty."""
+        if not grant.id:
+            grant = dataclasses.replace(grant, id=f"g-{uuid.uuid4().hex[:12]}")
+        return self._register(_GRANT, grant)
+
+    def update_grant(self, grant: Grant) -> tuple[Grant, Grant]:
+        """Replace a grant; returns (before, after)."""
+        return self._update(_GRANT, grant)
+
+    def list_grants(self, requesting_department: str = "") -> list[Grant]:
+        """Every grant, or those to `requesting_department` when given."""
+        if requesting_department:
+            check_code("requesting_department", requesting_department)
+        with self._engine.connect() as conn:
+            return rows.load_grants(conn, requesting_department=requesting_department or None)
+
+    # Snapshots
+
+    async def snapshot(self) -> RegistrySnapshot:
+        """The catalogue now: cached, reloaded only when the registry version has changed."""
+        return await asyncio.to_thread(self._current_snapshot)
+
+    def _current_snapshot(self) -> RegistrySnapshot:
+        with self._engine.connect() as conn:
+            version = rows.read_version(conn)
+        cached = self._snapshot
+        # Versions only grow; a newer snapshot another thread loaded meanwhile is as good.
+        if cached is not None and cached.version >= version:
+            return cached
+        with self._reload:
+            cached = self._snapshot
+            if cached is None or cached.version < version:
+                cached = self._snapshot = self._load_snapshot()
+            return cached
+
+    def _load_snapshot(self) -> RegistrySnapshot:
+        for _ in range(SNAPSHOT_ATTEMPTS):
+            with self._engine.connect() as conn:
+                version = rows.read_version(conn)
+                snapshot = RegistrySnapshot(
+                    version,
+                    rows.load_departments(conn),
+                    rows.load_certificate_types(conn),
+                    rows.load_data_sources(conn),
+                    rows.load_grants(conn),
+                )
+                # Every change bumps the version, so an unchanged version means no change
+                # committed while the tables were read: they are one consistent state.
+                if rows.read_version(conn) == version:
+                    return snapshot
+        raise unavailable("the registry kept changing while it was being read; try again")
+
+    # The shape of every change
+
+    def _register(self, kind: _Kind[R], record: R) -> R:
+        record = kind.check(record)
+        with self._change() as conn:
+            if kind.load_one(conn, kind.key(record)):
+                raise already_exists(f"{kind.label} {kind.key(record)!r} already exists")
+            kind.check_references(conn, record, None)
+            rows.save(conn, record, new=True)
+        return record
+
+    def _update(self, kind: _Kind[R], record: R) -> tuple[R, R]:
+        record = kind.check(record)
+        with self._change() as conn:
+            found = kind.load_one(conn, kind.key(record))
+            if not found:
+                raise not_found(f"{kind.label} {kind.key(record)!r} is not registered")
+            kind.check_references(conn, record, found[0])
+            rows.save(conn, record, new=False)
+        return found[0], record
+
+    @contextlib.contextmanager
+    def _change(self) -> Iterator[sa.Connection]:
+        with self._engine.begin() as conn:
+            rows.bump_version(conn)
+            yield conn
+
+
+def _require_department(conn: sa.Connection, path: str, code: str) -> None:
+    if not rows.load_departments(conn, code):
+        raise invalid_argument(f"{path}: unknown department {code!r}")
+
+
+def _require_certificate_type(conn: sa.Connection, path: str, code: str) -> CertificateType:
+    found = rows.load_certificate_types(conn, code)
+    if not found:
+        raise invalid_argument(f"{path}: unknown certificate type {code!r}")
+    return found[0]
+
+
+def _department_references(
+    conn: sa.Connection, department: Department, _before: Department | None
+) -> None:
+    owners = rows.signing_key_owners(conn, [key.key_id for key in department.signing_keys])
+    for i, key in enumerate(department.signing_keys):
+        owner = owners.get(key.key_id)
+        if owner is not None and owner != department.code:
+            raise already_exists(
+                f"department.signing_keys[{i}].key_id: key {key.key_id!r} is already "
+                f"registered to department {owner!r}"
+            )
+
+
+def _certificate_type_references(
+    conn: sa.Connection, certificate_type: CertificateType, before: CertificateType | None
+) -> None:
+    department = certificate_type.issuing_department
+    _require_department(conn, "certificate_type.issuing_department", department)
+    if before is None:
+        return
+    # Keep the catalogue consistent: grants only name fields the type has, and data sources
+    # only serve types their own department issues.
+    fields = set(certificate_type.field_names())
+    for grant in rows.load_grants(conn, certificate_type=certificate_type.code):
+        for name in grant.fields:
+            if name not in fields:
+                raise invalid_argument(
+                    f"certificate_type.fields: {name!r} is still granted by grant "
+                    f"{grant.id!r}; update that grant first"
+                )
+    for source in rows.load_data_sources(conn):
+        if certificate_type.code in source.certificate_types and (
+            source.issuing_department != department
+        ):
+            raise invalid_argument(
+                f"certificate_type.issuing_department: data source {source.id!r} of department "
+                f"{source.issuing_department!r} serves this type; update that data source first"
+            )
+
+
+def _data_source_references(
+    conn: sa.Connection, data_source: DataSource, _before: DataSource | None
+) -> None:
+    department = data_source.issuing_department
+    _require_department(conn, "data_source.issuing_department", department)
+    for i, code in enumerate(data_source.certificate_types):
+        path = f"data_source.certificate_types[{i}]"
+        certificate_type = _require_certificate_type(conn, path, code)
+        if certificate_type.issuing_department != department:
+            raise invalid_argument(
+                f"{path}: {code!r} is issued by department "
+                f"{certificate_type.issuing_department!r}, not by {department!r}"
+            )
+
+
+def _grant_references(conn: sa.Connection, grant: Grant, _before: Grant | None) -> None:
+    _require_department(conn, "grant.requesting_department", grant.requesting_department)
+    certificate_type = _require_certificate_type(
+        conn, "grant.certificate_type", grant.certificate_type
+    )
+    schema = set(certificate_type.field_names())
+    for name in grant.fields:
+        if name not in schema:
+            raise invalid_argument(
+                f"grant.fields: {name!r} is not a field of certificate type "
+                f"{certificate_type.code!r}"
+            )
+
+
+_DEPARTMENT = _Kind[Department](
+    "department",
+    lambda d: d.code,
+    checked_department,
+    rows.load_departments,
+    _department_references,
+)
+_CERTIFICATE_TYPE = _Kind[CertificateType](
+    "certificate type",
+    lambda t: t.code,
+    checked_certificate_type,
+    rows.load_certificate_types,
+    _certificate_type_references,
+)
+_DATA_SOURCE = _Kind[DataSource](
+    "data source",
+    lambda s: s.id,
+    checked_data_source,
+    rows.load_data_sources,
+    _data_source_references,
+)
+_GRANT = _Kind[Grant](
+    "grant",
+    lambda g: g.id,
+    checked_grant,
+    lambda conn, id: rows.load_grants(conn, id=id),
+    _grant_references,
+)
