@@ -26,7 +26,7 @@ from exchange.v1 import common_pb2 as exchange_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65xchange/v1/registry.proto\x12\x0b\x65xchange.v1\x1a\x18\x65xchange/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa2\x01\n\nSigningKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x11\n\talgorithm\x18\x03 \x01(\t\x12.\n\nnot_before\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tnot_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"W\n\nDepartment\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12-\n\x0csigning_keys\x18\x03 \x03(\x0b\x32\x17.exchange.v1.SigningKey\".\n\tFieldSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"\xd3\x01\n\x0f\x43\x65rtificateType\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1a\n\x12issuing_department\x18\x03 \x01(\t\x12&\n\x06\x66ields\x18\x04 \x03(\x0b\x32\x16.exchange.v1.FieldSpec\x12\x30\n\rsharing_class\x18\x05 \x01(\x0e\x32\x19.exchange.v1.SharingClass\x12.\n\x0csubject_kind\x18\x06 \x01(\x0e\x32\x18.exchange.v1.SubjectKind\"\x89\x01\n\nDataSource\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1a\n\x12issuing_department\x18\x02 \x01(\t\x12\x19\n\x11\x63\x65rtificate_types\x18\x03 \x03(\t\x12\x11\n\tendpoints\x18\x04 \x03(\t\x12\x14\n\x0ctls_identity\x18\x05 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x06 \x01(\x08\"\xcf\x01\n\x05Grant\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1d\n\x15requesting_department\x18\x02 \x01(\t\x12\x18\n\x10\x63\x65rtificate_type\x18\x03 \x01(\t\x12\x0e\n\x06\x66ields\x18\x04 \x03(\t\x12\x10\n\x08purposes\x18\x05 \x03(\t\x12.\n\nvalid_from\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bvalid_until\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x18\n\x16ListDepartmentsRequest\"G\n\x17ListDepartmentsResponse\x12,\n\x0b\x64\x65partments\x18\x01 \x03(\x0b\x32\x17.exchange.v1.Department\"\x1d\n\x1bListCertificateTypesRequest\"W\n\x1cListCertificateTypesResponse\x12\x37\n\x11\x63\x65rtificate_types\x18\x01 \x03(\x0b\x32\x1c.exchange.v1.CertificateType\"\x18\n\x16ListDataSourcesRequest\"H\n\x17ListDataSourcesResponse\x12-\n\x0c\x64\x61ta_sources\x18\x01 \x03(\x0b\x32\x17.exchange.v1.DataSource\"2\n\x11ListGrantsRequest\x12\x1d\n\x15requesting_department\x18\x01 \x01(\t\"8\n\x12ListGrantsResponse\x12\"\n\x06grants\x18\x01 \x03(\x0b\x32\x12.exchange.v1.Grant2\xc1\x07\n\x0fRegistryService\x12\x46\n\x12RegisterDepartment\x12\x17.exchange.v1.Department\x1a\x17.exchange.v1.Department\x12\x44\n\x10UpdateDepartment\x12\x17.exchange.v1.Department\x1a\x17.exchange.v1.Department\x12\\\n\x0fListDepartments\x12#.exchange.v1.ListDepartmentsRequest\x1a$.exchange.v1.ListDepartmentsResponse\x12U\n\x17RegisterCertificateType\x12\x1c.exchange.v1.CertificateType\x1a\x1c.exchange.v1.CertificateType\x12S\n\x15UpdateCertificateType\x12\x1c.exchange.v1.CertificateType\x1a\x1c.exchange.v1.CertificateType\x12k\n\x14ListCertificateTypes\x12(.exchange.v1.ListCertificateTypesRequest\x1a).exchange.v1.ListCertificateTypesResponse\x12\x46\n\x12RegisterDataSource\x12\x17.exchange.v1.DataSource\x1a\x17.exchange.v1.DataSource\x12\x44\n\x10UpdateDataSource\x12\x17.exchange.v1.DataSource\x1a\x17.exchange.v1.DataSource\x12\\\n\x0fListDataSources\x12#.exchange.v1.ListDataSourcesRequest\x1a$.exchange.v1.ListDataSourcesResponse\x12\x37\n\rRegisterGrant\x12\x12.exchange.v1.Grant\x1a\x12.exchange.v1.Grant\x12\x35\n\x0bUpdateGrant\x12\x12.exchange.v1.Grant\x1a\x12.exchange.v1.Grant\x12M\n\nListGrants\x12\x1e.exchange.v1.ListGrantsRequest\x1a\x1f.exchange.v1.ListGrantsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65xchange/v1/registry.proto\x12\x0b\x65xchange.v1\x1a\x18\x65xchange/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa2\x01\n\nSigningKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x11\n\talgorithm\x18\x03 \x01(\t\x12.\n\nnot_before\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tnot_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"z\n\nDepartment\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12-\n\x0csigning_keys\x18\x03 \x03(\x0b\x32\x17.exchange.v1.SigningKey\x12!\n\x05quota\x18\x04 \x01(\x0b\x32\x12.exchange.v1.Quota\"K\n\x05Quota\x12\x1b\n\x13requests_per_second\x18\x01 \x01(\r\x12\r\n\x05\x62urst\x18\x02 \x01(\r\x12\x16\n\x0emax_concurrent\x18\x03 \x01(\r\".\n\tFieldSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"\xd3\x01\n\x0f\x43\x65rtificateType\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1a\n\x12issuing_department\x18\x03 \x01(\t\x12&\n\x06\x66ields\x18\x04 \x03(\x0b\x32\x16.exchange.v1.FieldSpec\x12\x30\n\rsharing_class\x18\x05 \x01(\x0e\x32\x19.exchange.v1.SharingClass\x12.\n\x0csubject_kind\x18\x06 \x01(\x0e\x32\x18.exchange.v1.SubjectKind\"\x89\x01\n\nDataSource\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1a\n\x12issuing_department\x18\x02 \x01(\t\x12\x19\n\x11\x63\x65rtificate_types\x18\x03 \x03(\t\x12\x11\n\tendpoints\x18\x04 \x03(\t\x12\x14\n\x0ctls_identity\x18\x05 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x06 \x01(\x08\"\xcf\x01\n\x05Grant\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1d\n\x15requesting_department\x18\x02 \x01(\t\x12\x18\n\x10\x63\x65rtificate_type\x18\x03 \x01(\t\x12\x0e\n\x06\x66ields\x18\x04 \x03(\t\x12\x10\n\x08purposes\x18\x05 \x03(\t\x12.\n\nvalid_from\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bvalid_until\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x18\n\x16ListDepartmentsRequest\"G\n\x17ListDepartmentsResponse\x12,\n\x0b\x64\x65partments\x18\x01 \x03(\x0b\x32\x17.exchange.v1.Department\"\x1d\n\x1bListCertificateTypesRequest\"W\n\x1cListCertificateTypesResponse\x12\x37\n\x11\x63\x65rtificate_types\x18\x01 \x03(\x0b\x32\x1c.exchange.v1.CertificateType\"\x18\n\x16ListDataSourcesRequest\"H\n\x17ListDataSourcesResponse\x12-\n\x0c\x64\x61ta_sources\x18\x01 \x03(\x0b\x32\x17.exchange.v1.DataSource\"2\n\x11ListGrantsRequest\x12\x1d\n\x15requesting_department\x18\x01 \x01(\t\"8\n\x12ListGrantsResponse\x12\"\n\x06grants\x18\x01 \x03(\x0b\x32\x12.exchange.v1.Grant\"X\n\rConsentIssuer\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12-\n\x0csigning_keys\x18\x03 \x03(\x0b\x32\x17.exchange.v1.SigningKey\"\x85\x02\n\nDelegation\x12\n\n\x02id\x18\x01 \x01(\t\x12\'\n\tprincipal\x18\x02 \x01(\x0b\x32\x14.exchange.v1.Subject\x12#\n\x05\x61gent\x18\x03 \x01(\x0b\x32\x14.exchange.v1.Subject\x12\x19\n\x11\x63\x65rtificate_types\x18\x04 \x03(\t\x12\x10\n\x08purposes\x18\x05 \x03(\t\x12.\n\nvalid_from\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bvalid_until\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07revoked\x18\x08 \x01(\x08\"\x1b\n\x19ListConsentIssuersRequest\"Q\n\x1aListConsentIssuersResponse\x12\x33\n\x0f\x63onsent_issuers\x18\x01 \x03(\x0b\x32\x1a.exchange.v1.ConsentIssuer\"\x18\n\x16ListDelegationsRequest\"G\n\x17ListDelegationsResponse\x12,\n\x0b\x64\x65legations\x18\x01 \x03(\x0b\x32\x17.exchange.v1.Delegation2\xb4\x0b\n\x0fRegistryService\x12\x46\n\x12RegisterDepartment\x12\x17.exchange.v1.Department\x1a\x17.exchange.v1.Department\x12\x44\n\x10UpdateDepartment\x12\x17.exchange.v1.Department\x1a\x17.exchange.v1.Department\x12\\\n\x0fListDepartments\x12#.exchange.v1.ListDepartmentsRequest\x1a$.exchange.v1.ListDepartmentsResponse\x12U\n\x17RegisterCertificateType\x12\x1c.exchange.v1.CertificateType\x1a\x1c.exchange.v1.CertificateType\x12S\n\x15UpdateCertificateType\x12\x1c.exchange.v1.CertificateType\x1a\x1c.exchange.v1.CertificateType\x12k\n\x14ListCertificateTypes\x12(.exchange.v1.ListCertificateTypesRequest\x1a).exchange.v1.ListCertificateTypesResponse\x12\x46\n\x12RegisterDataSource\x12\x17.exchange.v1.DataSource\x1a\x17.exchange.v1.DataSource\x12\x44\n\x10UpdateDataSource\x12\x17.exchange.v1.DataSource\x1a\x17.exchange.v1.DataSource\x12\\\n\x0fListDataSources\x12#.exchange.v1.ListDataSourcesRequest\x1a$.exchange.v1.ListDataSourcesResponse\x12\x37\n\rRegisterGrant\x12\x12.exchange.v1.Grant\x1a\x12.exchange.v1.Grant\x12\x35\n\x0bUpdateGrant\x12\x12.exchange.v1.Grant\x1a\x12.exchange.v1.Grant\x12M\n\nListGrants\x12\x1e.exchange.v1.ListGrantsRequest\x1a\x1f.exchange.v1.ListGrantsResponse\x12O\n\x15RegisterConsentIssuer\x12\x1a.exchange.v1.ConsentIssuer\x1a\x1a.exchange.v1.ConsentIssuer\x12M\n\x13UpdateConsentIssuer\x12\x1a.exchange.v1.ConsentIssuer\x1a\x1a.exchange.v1.ConsentIssuer\x12\x65\n\x12ListConsentIssuers\x12&.exchange.v1.ListConsentIssuersRequest\x1a\'.exchange.v1.ListConsentIssuersResponse\x12\x46\n\x12RegisterDelegation\x12\x17.exchange.v1.Delegation\x1a\x17.exchange.v1.Delegation\x12\x44\n\x10UpdateDelegation\x12\x17.exchange.v1.Delegation\x1a\x17.exchange.v1.Delegation\x12\\\n\x0fListDelegations\x12#.exchange.v1.ListDelegationsRequest\x1a$.exchange.v1.ListDelegationsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,31 +36,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIGNINGKEY']._serialized_start=103
   _globals['_SIGNINGKEY']._serialized_end=265
   _globals['_DEPARTMENT']._serialized_start=267
-  _globals['_DEPARTMENT']._serialized_end=354
-  _globals['_FIELDSPEC']._serialized_start=356
-  _globals['_FIELDSPEC']._serialized_end=402
-  _globals['_CERTIFICATETYPE']._serialized_start=405
-  _globals['_CERTIFICATETYPE']._serialized_end=616
-  _globals['_DATASOURCE']._serialized_start=619
-  _globals['_DATASOURCE']._serialized_end=756
-  _globals['_GRANT']._serialized_start=759
-  _globals['_GRANT']._serialized_end=966
-  _globals['_LISTDEPARTMENTSREQUEST']._serialized_start=968
-  _globals['_LISTDEPARTMENTSREQUEST']._serialized_end=992
-  _globals['_LISTDEPARTMENTSRESPONSE']._serialized_start=994
-  _globals['_LISTDEPARTMENTSRESPONSE']._serialized_end=1065
-  _globals['_LISTCERTIFICATETYPESREQUEST']._serialized_start=1067
-  _globals['_LISTCERTIFICATETYPESREQUEST']._serialized_end=1096
-  _globals['_LISTCERTIFICATETYPESRESPONSE']._serialized_start=1098
-  _globals['_LISTCERTIFICATETYPESRESPONSE']._serialized_end=1185
-  _globals['_LISTDATASOURCESREQUEST']._serialized_start=1187
-  _globals['_LISTDATASOURCESREQUEST']._serialized_end=1211
-  _globals['_LISTDATASOURCESRESPONSE']._serialized_start=1213
-  _globals['_LISTDATASOURCESRESPONSE']._serialized_end=1285
-  _globals['_LISTGRANTSREQUEST']._serialized_start=1287
-  _globals['_LISTGRANTSREQUEST']._serialized_end=1337
-  _globals['_LISTGRANTSRESPONSE']._serialized_start=1339
-  _globals['_LISTGRANTSRESPONSE']._serialized_end=1395
-  _globals['_REGISTRYSERVICE']._serialized_start=1398
-  _globals['_REGISTRYSERVICE']._serialized_end=2359
+  _globals['_DEPARTMENT']._serialized_end=389
+  _globals['_QUOTA']._serialized_start=391
+  _globals['_QUOTA']._serialized_end=466
+  _globals['_FIELDSPEC']._serialized_start=468
+  _globals['_FIELDSPEC']._serialized_end=514
+  _globals['_CERTIFICATETYPE']._serialized_start=517
+  _globals['_CERTIFICATETYPE']._serialized_end=728
+  _globals['_DATASOURCE']._serialized_start=731
+  _globals['_DATASOURCE']._serialized_end=868
+  _globals['_GRANT']._serialized_start=871
+  _globals['_GRANT']._serialized_end=1078
+  _globals['_LISTDEPARTMENTSREQUEST']._serialized_start=1080
+  _globals['_LISTDEPARTMENTSREQUEST']._serialized_end=1104
+  _globals['_LISTDEPARTMENTSRESPONSE']._serialized_start=1106
+  _globals['_LISTDEPARTMENTSRESPONSE']._serialized_end=1177
+  _globals['_LISTCERTIFICATETYPESREQUEST']._serialized_start=1179
+  _globals['_LISTCERTIFICATETYPESREQUEST']._serialized_end=1208
+  _globals['_LISTCERTIFICATETYPESRESPONSE']._serialized_start=1210
+  _globals['_LISTCERTIFICATETYPESRESPONSE']._serialized_end=1297
+  _globals['_LISTDATASOURCESREQUEST']._serialized_start=1299
+  _globals['_LISTDATASOURCESREQUEST']._serialized_end=1323
+  _globals['_LISTDATASOURCESRESPONSE']._serialized_start=1325
+  _globals['_LISTDATASOURCESRESPONSE']._serialized_end=1397
+  _globals['_LISTGRANTSREQUEST']._serialized_start=1399
+  _globals['_LISTGRANTSREQUEST']._serialized_end=1449
+  _globals['_LISTGRANTSRESPONSE']._serialized_start=1451
+  _globals['_LISTGRANTSRESPONSE']._serialized_end=1507
+  _globals['_CONSENTISSUER']._serialized_start=1509
+  _globals['_CONSENTISSUER']._serialized_end=1597
+  _globals['_DELEGATION']._serialized_start=1600
+  _globals['_DELEGATION']._serialized_end=1861
+  _globals['_LISTCONSENTISSUERSREQUEST']._serialized_start=1863
+  _globals['_LISTCONSENTISSUERSREQUEST']._serialized_end=1890
+  _globals['_LISTCONSENTISSUERSRESPONSE']._serialized_start=1892
+  _globals['_LISTCONSENTISSUERSRESPONSE']._serialized_end=1973
+  _globals['_LISTDELEGATIONSREQUEST']._serialized_start=1975
+  _globals['_LISTDELEGATIONSREQUEST']._serialized_end=1999
+  _globals['_LISTDELEGATIONSRESPONSE']._serialized_start=2001
+  _globals['_LISTDELEGATIONSRESPONSE']._serialized_end=2072
+  _globals['_REGISTRYSERVICE']._serialized_start=2075
+  _globals['_REGISTRYSERVICE']._serialized_end=3535
 # @@protoc_insertion_point(module_scope)

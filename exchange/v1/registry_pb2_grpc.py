@@ -94,6 +94,36 @@ class RegistryServiceStub:
                 request_serializer=exchange_dot_v1_dot_registry__pb2.ListGrantsRequest.SerializeToString,
                 response_deserializer=exchange_dot_v1_dot_registry__pb2.ListGrantsResponse.FromString,
                 _registered_method=True)
+        self.RegisterConsentIssuer = channel.unary_unary(
+                '/exchange.v1.RegistryService/RegisterConsentIssuer',
+                request_serializer=exchange_dot_v1_dot_registry__pb2.ConsentIssuer.SerializeToString,
+                response_deserializer=exchange_dot_v1_dot_registry__pb2.ConsentIssuer.FromString,
+                _registered_method=True)
+        self.UpdateConsentIssuer = channel.unary_unary(
+                '/exchange.v1.RegistryService/UpdateConsentIssuer',
+                request_serializer=exchange_dot_v1_dot_registry__pb2.ConsentIssuer.SerializeToString,
+                response_deserializer=exchange_dot_v1_dot_registry__pb2.ConsentIssuer.FromString,
+                _registered_method=True)
+        self.ListConsentIssuers = channel.unary_unary(
+                '/exchange.v1.RegistryService/ListConsentIssuers',
+                request_serializer=exchange_dot_v1_dot_registry__pb2.ListConsentIssuersRequest.SerializeToString,
+                response_deserializer=exchange_dot_v1_dot_registry__pb2.ListConsentIssuersResponse.FromString,
+                _registered_method=True)
+        self.RegisterDelegation = channel.unary_unary(
+                '/exchange.v1.RegistryService/RegisterDelegation',
+                request_serializer=exchange_dot_v1_dot_registry__pb2.Delegation.SerializeToString,
+                response_deserializer=exchange_dot_v1_dot_registry__pb2.Delegation.FromString,
+                _registered_method=True)
+        self.UpdateDelegation = channel.unary_unary(
+                '/exchange.v1.RegistryService/UpdateDelegation',
+                request_serializer=exchange_dot_v1_dot_registry__pb2.Delegation.SerializeToString,
+                response_deserializer=exchange_dot_v1_dot_registry__pb2.Delegation.FromString,
+                _registered_method=True)
+        self.ListDelegations = channel.unary_unary(
+                '/exchange.v1.RegistryService/ListDelegations',
+                request_serializer=exchange_dot_v1_dot_registry__pb2.ListDelegationsRequest.SerializeToString,
+                response_deserializer=exchange_dot_v1_dot_registry__pb2.ListDelegationsResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -174,6 +204,44 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterConsentIssuer(self, request, context):
+        """Who may sign consent tokens (e.g. the citizen portal).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateConsentIssuer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListConsentIssuers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegisterDelegation(self, request, context):
+        """Proxy handling (代办): an agent acting for a subject. The id is assigned when empty.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateDelegation(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDelegations(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -236,6 +304,36 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.ListGrants,
                     request_deserializer=exchange_dot_v1_dot_registry__pb2.ListGrantsRequest.FromString,
                     response_serializer=exchange_dot_v1_dot_registry__pb2.ListGrantsResponse.SerializeToString,
+            ),
+            'RegisterConsentIssuer': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterConsentIssuer,
+                    request_deserializer=exchange_dot_v1_dot_registry__pb2.ConsentIssuer.FromString,
+                    response_serializer=exchange_dot_v1_dot_registry__pb2.ConsentIssuer.SerializeToString,
+            ),
+            'UpdateConsentIssuer': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateConsentIssuer,
+                    request_deserializer=exchange_dot_v1_dot_registry__pb2.ConsentIssuer.FromString,
+                    response_serializer=exchange_dot_v1_dot_registry__pb2.ConsentIssuer.SerializeToString,
+            ),
+            'ListConsentIssuers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConsentIssuers,
+                    request_deserializer=exchange_dot_v1_dot_registry__pb2.ListConsentIssuersRequest.FromString,
+                    response_serializer=exchange_dot_v1_dot_registry__pb2.ListConsentIssuersResponse.SerializeToString,
+            ),
+            'RegisterDelegation': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterDelegation,
+                    request_deserializer=exchange_dot_v1_dot_registry__pb2.Delegation.FromString,
+                    response_serializer=exchange_dot_v1_dot_registry__pb2.Delegation.SerializeToString,
+            ),
+            'UpdateDelegation': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateDelegation,
+                    request_deserializer=exchange_dot_v1_dot_registry__pb2.Delegation.FromString,
+                    response_serializer=exchange_dot_v1_dot_registry__pb2.Delegation.SerializeToString,
+            ),
+            'ListDelegations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDelegations,
+                    request_deserializer=exchange_dot_v1_dot_registry__pb2.ListDelegationsRequest.FromString,
+                    response_serializer=exchange_dot_v1_dot_registry__pb2.ListDelegationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -562,6 +660,168 @@ class RegistryService:
             '/exchange.v1.RegistryService/ListGrants',
             exchange_dot_v1_dot_registry__pb2.ListGrantsRequest.SerializeToString,
             exchange_dot_v1_dot_registry__pb2.ListGrantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterConsentIssuer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/exchange.v1.RegistryService/RegisterConsentIssuer',
+            exchange_dot_v1_dot_registry__pb2.ConsentIssuer.SerializeToString,
+            exchange_dot_v1_dot_registry__pb2.ConsentIssuer.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateConsentIssuer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/exchange.v1.RegistryService/UpdateConsentIssuer',
+            exchange_dot_v1_dot_registry__pb2.ConsentIssuer.SerializeToString,
+            exchange_dot_v1_dot_registry__pb2.ConsentIssuer.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConsentIssuers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/exchange.v1.RegistryService/ListConsentIssuers',
+            exchange_dot_v1_dot_registry__pb2.ListConsentIssuersRequest.SerializeToString,
+            exchange_dot_v1_dot_registry__pb2.ListConsentIssuersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterDelegation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/exchange.v1.RegistryService/RegisterDelegation',
+            exchange_dot_v1_dot_registry__pb2.Delegation.SerializeToString,
+            exchange_dot_v1_dot_registry__pb2.Delegation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateDelegation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/exchange.v1.RegistryService/UpdateDelegation',
+            exchange_dot_v1_dot_registry__pb2.Delegation.SerializeToString,
+            exchange_dot_v1_dot_registry__pb2.Delegation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDelegations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/exchange.v1.RegistryService/ListDelegations',
+            exchange_dot_v1_dot_registry__pb2.ListDelegationsRequest.SerializeToString,
+            exchange_dot_v1_dot_registry__pb2.ListDelegationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,6 +50,14 @@ class RegistryServiceStub:
     """The id is assigned by the registry when empty."""
     UpdateGrant: _grpc.UnaryUnaryMultiCallable[_registry_pb2.Grant, _registry_pb2.Grant]
     ListGrants: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListGrantsRequest, _registry_pb2.ListGrantsResponse]
+    RegisterConsentIssuer: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ConsentIssuer, _registry_pb2.ConsentIssuer]
+    """Who may sign consent tokens (e.g. the citizen portal)."""
+    UpdateConsentIssuer: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ConsentIssuer, _registry_pb2.ConsentIssuer]
+    ListConsentIssuers: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListConsentIssuersRequest, _registry_pb2.ListConsentIssuersResponse]
+    RegisterDelegation: _grpc.UnaryUnaryMultiCallable[_registry_pb2.Delegation, _registry_pb2.Delegation]
+    """Proxy handling (代办): an agent acting for a subject. The id is assigned when empty."""
+    UpdateDelegation: _grpc.UnaryUnaryMultiCallable[_registry_pb2.Delegation, _registry_pb2.Delegation]
+    ListDelegations: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListDelegationsRequest, _registry_pb2.ListDelegationsResponse]
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -70,6 +78,14 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """The id is assigned by the registry when empty."""
     UpdateGrant: _aio.UnaryUnaryMultiCallable[_registry_pb2.Grant, _registry_pb2.Grant]  # type: ignore[assignment]
     ListGrants: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListGrantsRequest, _registry_pb2.ListGrantsResponse]  # type: ignore[assignment]
+    RegisterConsentIssuer: _aio.UnaryUnaryMultiCallable[_registry_pb2.ConsentIssuer, _registry_pb2.ConsentIssuer]  # type: ignore[assignment]
+    """Who may sign consent tokens (e.g. the citizen portal)."""
+    UpdateConsentIssuer: _aio.UnaryUnaryMultiCallable[_registry_pb2.ConsentIssuer, _registry_pb2.ConsentIssuer]  # type: ignore[assignment]
+    ListConsentIssuers: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListConsentIssuersRequest, _registry_pb2.ListConsentIssuersResponse]  # type: ignore[assignment]
+    RegisterDelegation: _aio.UnaryUnaryMultiCallable[_registry_pb2.Delegation, _registry_pb2.Delegation]  # type: ignore[assignment]
+    """Proxy handling (代办): an agent acting for a subject. The id is assigned when empty."""
+    UpdateDelegation: _aio.UnaryUnaryMultiCallable[_registry_pb2.Delegation, _registry_pb2.Delegation]  # type: ignore[assignment]
+    ListDelegations: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListDelegationsRequest, _registry_pb2.ListDelegationsResponse]  # type: ignore[assignment]
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -159,5 +175,49 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.ListGrantsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.ListGrantsResponse, _abc.Awaitable[_registry_pb2.ListGrantsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RegisterConsentIssuer(
+        self,
+        request: _registry_pb2.ConsentIssuer,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ConsentIssuer, _abc.Awaitable[_registry_pb2.ConsentIssuer]]:
+        """Who may sign consent tokens (e.g. the citizen portal)."""
+
+    @_abc_1.abstractmethod
+    def UpdateConsentIssuer(
+        self,
+        request: _registry_pb2.ConsentIssuer,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ConsentIssuer, _abc.Awaitable[_registry_pb2.ConsentIssuer]]: ...
+
+    @_abc_1.abstractmethod
+    def ListConsentIssuers(
+        self,
+        request: _registry_pb2.ListConsentIssuersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ListConsentIssuersResponse, _abc.Awaitable[_registry_pb2.ListConsentIssuersResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RegisterDelegation(
+        self,
+        request: _registry_pb2.Delegation,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Delegation, _abc.Awaitable[_registry_pb2.Delegation]]:
+        """Proxy handling (代办): an agent acting for a subject. The id is assigned when empty."""
+
+    @_abc_1.abstractmethod
+    def UpdateDelegation(
+        self,
+        request: _registry_pb2.Delegation,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Delegation, _abc.Awaitable[_registry_pb2.Delegation]]: ...
+
+    @_abc_1.abstractmethod
+    def ListDelegations(
+        self,
+        request: _registry_pb2.ListDelegationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ListDelegationsResponse, _abc.Awaitable[_registry_pb2.ListDelegationsResponse]]: ...
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
