@@ -1,1 +1,1 @@
-"""The adapter node a department runs next to its own systems: reads, minimises and signs records."""
+"""The adapter node a department runs next to its own systems: reads, minimises, signs records."""

@@ -1,0 +1,175 @@
+"""The files backend: records from CSV files or JSON files (an array of objects).
+
+Every file is read once when the node starts and kept in memory, keyed by subject id; a
+malformed file stops the node at start with the file and row named, not at the first lookup.
+When one subject has several records of a type, the one issued last wins.
+
+    [backend]
+    kind = "files"
+
+    [certificate_types.business_licence]
+    path = "data/licences.csv"          # relative paths: from the config file's folder
+    format = "csv"                      # optional: "csv" or "json" (default: from the suffix)
+    encoding = "utf-8"                  # optional (default UTF-8; a byte-order mark is skipped)
+    subject_key = "uscc"
+    document_id_key = "licence_no"
+    issued_at_key = "issued"
+    valid_until_key = "expires"         # optional; empty means valid without end
+    timezone = "Asia/Shanghai"          # optional (default UTC): zone of dates written without one
+    fields = { company_name = "name", legal_representative = "legal_rep" }
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import tzinfo
+from pathlib import Path
+from typing import Any
+
+from adapters.backends.base import Backend, Record
+from adapters.backends.options import OptionReader
+from adapters.backends.values import optional_utc, render, to_utc
+from audit.events import SubjectId
+
+_TYPE_KEYS = (
+    "path",
+    "format",
+    "encoding",
+    "subject_key",
+    "document_id_key",
+    "issued_at_key",
+    "valid_until_key",
+    "timezone",
+    "fields",
+)
+FORMATS = ("csv", "json")
+
+
+@dataclass(frozen=True)
+class FileCertificateType:
+    """Where one certificate type's records are and which key holds what."""
+
+    code: str
+    path: Path
+    format: str
+    encoding: str
+    subject_key: str
+    document_id_key: str
+    issued_at_key: str
+    valid_until_key: str | None
+    timezone: tzinfo
+    fields: dict[str, str]  # field name -> key in the file
+
+    @classmethod
+    def from_dict(cls, code: str, d: Mapping[str, Any], base_dir: Path) -> FileCertificateType:
+        """Parse `[certificate_types.<code>]`; ValueError names any unknown or missing key."""
+        where = f"certificate_types.{code}"
+        reader = OptionReader(d, where, _TYPE_KEYS)
+        path = reader.path("path", base_dir)
+        file_format = reader.text("format", default=path.suffix.lstrip(".").lower())
+        if file_format not in FORMATS:
+            raise ValueError(f"{where}.format: expected one of {', '.join(FORMATS)}")
+        return cls(
+            code=code,
+            path=path,
+            format=file_format,
+            encoding=reader.text("encoding", default="utf-8-sig"),
+            subject_key=reader.text("subject_key"),
+            document_id_key=reader.text("document_id_key"),
+            issued_at_key=reader.text("issued_at_key"),
+            valid_until_key=reader.optional_text("valid_until_key"),
+            timezone=reader.zone(),
+            fields=reader.string_map("fields"),
+        )
+
+    def load(self) -> dict[str, Record]:
+        """Every record in the file by subject id; ValueError names the file and row at fault."""
+        records: dict[str, Record] = {}
+        for number, row in enumerate(self._rows(), start=1):
+            where = f"{self.path} record {number}"
+            subject_id, record = self._record(row, where)
+            current = records.get(subject_id)
+            if current is None or record.issued_at >= current.issued_at:
+                records[subject_id] = record
+        return records
+
+    def _rows(self) -> Iterator[Mapping[str, Any]]:
+        with self.path.open(encoding=self.encoding, newline="") as stream:
+            if self.format == "csv":
+                rows = csv.DictReader(stream)
+                needed = [self.subject_key, self.document_id_key, self.issued_at_key]
+                missing = [key for key in needed if key not in (rows.fieldnames or ())]
+                if missing:
+                    raise ValueError(f"{self.path}: no column {', '.join(missing)}")
+                yield from rows
+                return
+            try:
+                document = json.load(stream)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{self.path}: not valid JSON: {exc}") from exc
+        if not isinstance(document, list) or not all(isinstance(o, dict) for o in document):
+            raise ValueError(f"{self.path}: expected a JSON array of objects")
+        yield from document
+
+    def _record(self, row: Mapping[str, Any], where: str) -> tuple[str, Record]:
+        subject_id = render(row.get(self.subject_key))
+        document_id = render(row.get(self.document_id_key))
+        if subject_id is None or document_id is None:
+            raise ValueError(f"{where}: {self.subject_key} and {self.document_id_key} are required")
+        valid_until = None
+        if self.valid_until_key is not None:
+            valid_until = optional_utc(row.get(self.valid_until_key), self.timezone, where)
+        rendered = {name: render(row.get(key)) for name, key in self.fields.items()}
+        record = Record(
+            document_id=document_id,
+            issued_at=to_utc(row.get(self.issued_at_key), self.timezone, where),
+            valid_until=valid_until,
+            fields={name: value for name, value in rendered.items() if value is not None},
+        )
+        # validate_subject upper-cases ids (a resident ID may end in "x"); match its spelling.
+        return subject_id.strip().upper(), record
+
+
+@dataclass(frozen=True)
+class FileBackendConfig:
+    """The `[backend]` table (kind = "files") and the certificate types it serves."""
+
+    certificate_types: dict[str, FileCertificateType]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], base_dir: Path) -> FileBackendConfig:
+        """Parse the options; relative file paths are taken from `base_dir`."""
+        reader = OptionReader(d, "backend", ("certificate_types",))
+        types = reader.table("certificate_types")
+        if not types:
+            raise ValueError("certificate_types: configure at least one certificate type")
+        return cls(
+            certificate_types={
+                code: FileCertificateType.from_dict(code, spec, base_dir)
+                for code, spec in types.items()
+            }
+        )
+
+
+class FileBackend(Backend):
+    """Records from CSV and JSON files, held in memory."""
+
+    def __init__(self, config: FileBackendConfig) -> None:
+        self.config = config
+        self.records = {code: spec.load() for code, spec in config.certificate_types.items()}
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], base_dir: Path) -> FileBackend:
+        """Build from the `[backend]` options plus `certificate_types`; reads every file."""
+        return cls(FileBackendConfig.from_dict(options, base_dir))
+
+    def served_types(self) -> dict[str, tuple[str, ...]]:
+        """Each configured certificate type and its field names."""
+        return {code: tuple(spec.fields) for code, spec in self.config.certificate_types.items()}
+
+    async def fetch(self, certificate_type: str, subject: SubjectId) -> Record | None:
+        """The subject's record of that type from memory."""
+        return self.records[certificate_type].get(subject.id)

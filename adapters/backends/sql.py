@@ -1,0 +1,227 @@
+"""The SQL backend: reads records from any database SQLAlchemy can reach, by URL.
+
+Each certificate type maps to either a table (`table` + `subject_column`; the row with the
+latest `issued_at_column` wins) or an operator-written `query`: a SELECT taking the subject id
+as the bound parameter `:subject_id` (the first row wins, so order it). The subject id is
+always a bound parameter and column names come only from the config, never from a request.
+
+    [backend]
+    kind = "sql"
+    url = "sqlite:///psb.db"            # relative SQLite paths: from the config file's folder
+
+    [certificate_types.resident_identity]
+    table = "residents"                 # optional: schema = "registry"
+    subject_column = "id_number"
+    document_id_column = "certificate_no"
+    issued_at_column = "issued_on"
+    valid_until_column = "expires_on"   # optional; NULL means valid without end
+    timezone = "Asia/Shanghai"          # optional (default UTC): zone of dates stored without one
+    fields = { name = "full_name", birth_date = "birth_date", address = "household_address" }
+
+    [certificate_types.household_register]
+    query = "SELECT h.no, h.registered, h.head FROM households h WHERE h.member_id = :subject_id"
+    document_id_column = "no"
+    issued_at_column = "registered"
+    fields = { head_of_household = "head" }
+
+The synchronous engine runs in worker threads (asyncio.to_thread), so the event loop never
+waits on the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import tzinfo
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import RowMapping
+
+from adapters.backends.base import Backend, Record
+from adapters.backends.options import OptionReader
+from adapters.backends.values import optional_utc, render, to_utc
+from audit.events import SubjectId
+from exchange.db import normalise_url
+from exchange.errors import unavailable
+
+log = logging.getLogger(__name__)
+
+_TYPE_KEYS = (
+    "table",
+    "schema",
+    "subject_column",
+    "query",
+    "document_id_column",
+    "issued_at_column",
+    "valid_until_column",
+    "timezone",
+    "fields",
+)
+
+
+@dataclass(frozen=True)
+class SqlCertificateType:
+    """How one certificate type is read: the statement and which result column is what."""
+
+    code: str
+    statement: sa.Executable
+    document_id_column: str
+    issued_at_column: str
+    valid_until_column: str | None
+    timezone: tzinfo
+    fields: dict[str, str]  # field name -> result column
+
+    @classmethod
+    def from_dict(cls, code: str, d: Mapping[str, Any]) -> SqlCertificateType:
+        """Parse `[certificate_types.<code>]`; ValueError names any unknown or missing key."""
+        where = f"certificate_types.{code}"
+        reader = OptionReader(d, where, _TYPE_KEYS)
+        document_id_column = reader.text("document_id_column")
+        issued_at_column = reader.text("issued_at_column")
+        valid_until_column = reader.optional_text("valid_until_column")
+        fields = reader.string_map("fields")
+        selected = [document_id_column, issued_at_column, *fields.values()]
+        if valid_until_column is not None:
+            selected.append(valid_until_column)
+        if "query" in d:
+            if "table" in d or "subject_column" in d or "schema" in d:
+                raise ValueError(f"{where}: give either 'query' or 'table' + 'subject_column'")
+            statement = _query_statement(reader.text("query"), where)
+        else:
+            statement = _table_statement(
+                table=reader.text("table"),
+                schema=reader.optional_text("schema"),
+                subject_column=reader.text("subject_column"),
+                issued_at_column=issued_at_column,
+                selected=selected,
+            )
+        return cls(
+            code=code,
+            statement=statement,
+            document_id_column=document_id_column,
+            issued_at_column=issued_at_column,
+            valid_until_column=valid_until_column,
+            timezone=reader.zone(),
+            fields=fields,
+        )
+
+    def record(self, row: RowMapping) -> Record:
+        """The Record for one result row; ValueError when a configured column is missing."""
+        missing = [name for name in self._columns() if name not in row]
+        if missing:
+            raise ValueError(f"certificate_types.{self.code}: result has no column {missing}")
+        what = f"certificate_types.{self.code}"
+        valid_until = None
+        if self.valid_until_column is not None:
+            valid_until = optional_utc(row[self.valid_until_column], self.timezone, what)
+        rendered = {name: render(row[column]) for name, column in self.fields.items()}
+        return Record(
+            document_id=str(row[self.document_id_column]),
+            issued_at=to_utc(row[self.issued_at_column], self.timezone, what),
+            valid_until=valid_until,
+            fields={name: value for name, value in rendered.items() if value is not None},
+        )
+
+    def _columns(self) -> list[str]:
+        columns = [self.document_id_column, self.issued_at_column, *self.fields.values()]
+        return columns + ([self.valid_until_column] if self.valid_until_column else [])
+
+
+def _table_statement(
+    table: str, schema: str | None, subject_column: str, issued_at_column: str, selected: list[str]
+) -> sa.Executable:
+    names = dict.fromkeys([*selected, subject_column])  # ordered, without repeats
+    source = sa.table(table, *(sa.column(name) for name in names), schema=schema)
+    return (
+        sa.select(*(source.c[name] for name in dict.fromkeys(selected)))
+        .where(source.c[subject_column] == sa.bindparam("subject_id", type_=sa.String))
+        .order_by(source.c[issued_at_column].desc())
+        .limit(1)
+    )
+
+
+def _query_statement(query: str, where: str) -> sa.Executable:
+    first_word = query.lstrip().split(None, 1)[0].upper() if query.strip() else ""
+    if first_word not in {"SELECT", "WITH"}:
+        raise ValueError(f"{where}.query: must be a SELECT statement")
+    try:
+        return sa.text(query).bindparams(sa.bindparam("subject_id", type_=sa.String))
+    except sa.exc.ArgumentError as exc:
+        raise ValueError(f"{where}.query: must use the bound parameter :subject_id") from exc
+
+
+@dataclass(frozen=True)
+class SqlBackendConfig:
+    """The `[backend]` table (kind = "sql") and the certificate types it serves."""
+
+    url: str
+    certificate_types: dict[str, SqlCertificateType]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], base_dir: Path) -> SqlBackendConfig:
+        """Parse the options; a relative SQLite path is taken from `base_dir`."""
+        reader = OptionReader(d, "backend", ("url", "certificate_types"))
+        types = reader.table("certificate_types")
+        if not types:
+            raise ValueError("certificate_types: configure at least one certificate type")
+        return cls(
+            url=_resolve_sqlite_path(reader.text("url"), base_dir),
+            certificate_types={
+                code: SqlCertificateType.from_dict(code, spec) for code, spec in types.items()
+            },
+        )
+
+
+def _resolve_sqlite_path(url: str, base_dir: Path) -> str:
+    try:
+        parsed = sa.make_url(normalise_url(url))
+    except sa.exc.ArgumentError as exc:
+        raise ValueError("backend.url: not a valid SQLAlchemy database URL") from exc
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return parsed.render_as_string(hide_password=False)
+    if database.startswith("file:"):  # SQLite URI filename: leave it as the operator wrote it
+        return parsed.render_as_string(hide_password=False)
+    resolved = parsed.set(database=str((base_dir / database).resolve()))
+    return resolved.render_as_string(hide_password=False)
+
+
+class SqlBackend(Backend):
+    """Records from SQL tables or queries, one engine per node."""
+
+    def __init__(self, config: SqlBackendConfig) -> None:
+        self.config = config
+        self.engine = sa.create_engine(config.url, pool_pre_ping=True)
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], base_dir: Path) -> SqlBackend:
+        """Build from the `[backend]` options plus `certificate_types`."""
+        return cls(SqlBackendConfig.from_dict(options, base_dir))
+
+    def served_types(self) -> dict[str, tuple[str, ...]]:
+        """Each configured certificate type and its field names."""
+        return {code: tuple(spec.fields) for code, spec in self.config.certificate_types.items()}
+
+    async def fetch(self, certificate_type: str, subject: SubjectId) -> Record | None:
+        """The subject's record of that type, read in a worker thread."""
+        spec = self.config.certificate_types[certificate_type]
+        try:
+            row = await asyncio.to_thread(self._first_row, spec.statement, subject.id)
+        except sa.exc.OperationalError as exc:
+            # Connection refused, database locked or gone: the hub may try another replica.
+            log.error("database error reading %s: %s", certificate_type, exc)
+            raise unavailable("the department's record store is unavailable") from exc
+        return None if row is None else spec.record(row)
+
+    def _first_row(self, statement: sa.Executable, subject_id: str) -> RowMapping | None:
+        with self.engine.connect() as connection:
+            result = connection.execute(statement, {"subject_id": subject_id})
+            return result.mappings().first()
+
+    async def close(self) -> None:
+        """Close the engine's pooled connections."""
+        await asyncio.to_thread(self.engine.dispose)

@@ -1,0 +1,58 @@
+"""The adapter node's gate: only the hub may call AdapterService.
+
+Departments reach records only through the hub, which applies grants, consent and audit;
+a department certificate calling an adapter node directly would bypass all of that. The TLS
+handshake has already verified the certificate against the CA; this interceptor reads its
+role before any AdapterService handler runs. Health checks and reflection stay open to any
+verified peer, so load balancers and operators can probe the node.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from exchange.errors import permission_denied, translate_errors
+from exchange.identity import Role, identity_from_context
+
+log = logging.getLogger(__name__)
+
+GUARDED_PREFIX = "/exchange.v1.AdapterService/"
+HUB_ONLY_MESSAGE = "only the hub may call an adapter node"
+
+
+class HubOnlyGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Refuses AdapterService calls whose client certificate role is not "hub"."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[Any], Awaitable[Any]],
+        handler_call_details: Any,
+    ) -> Any:
+        """The method's handler, wrapped with the role check when it is an adapter method."""
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or not method.startswith(GUARDED_PREFIX):
+            return handler
+        # Every AdapterService method is unary-unary; a new streaming method must be added here.
+        if handler.unary_unary is None:
+            raise TypeError(f"{method}: the hub-only gate handles unary methods only")
+        inner = handler.unary_unary
+
+        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async with translate_errors(context):
+                identity = identity_from_context(context)
+                if identity.role is not Role.HUB:
+                    log.warning("refused %s from %s (%s)", method, identity.name, identity.role)
+                    raise permission_denied(HUB_ONLY_MESSAGE)
+            return await inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            guarded,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

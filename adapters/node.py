@@ -1,0 +1,210 @@
+"""The adapter node: AdapterService over mutual TLS, answering the hub from a department backend.
+
+A Fetch reads one record, keeps exactly the fields the hub released that the record has
+(minimisation happens here, at the source, so withheld data never leaves the department),
+binds the hub's request id into the Document and signs it with the department's key.
+`build_adapter_server` assembles the whole node: gate, AdapterService, health, reflection.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from adapters.backends import Backend, Record
+from adapters.config import AdapterConfig
+from adapters.gate import HubOnlyGate
+from adapters.signing import DocumentSigner
+from audit.events import SubjectId
+from exchange.errors import invalid_argument, not_found, translate_errors
+from exchange.pki import load_signing_key
+from exchange.subject import validate_subject
+from exchange.tls import server_credentials
+from exchange.v1 import adapter_pb2, adapter_pb2_grpc, common_pb2
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = adapter_pb2.DESCRIPTOR.services_by_name["AdapterService"].full_name
+MAX_REQUEST_ID = 128
+
+
+class AdapterServicer(adapter_pb2_grpc.AdapterServiceServicer):
+    """AdapterService for one department; callers were checked by the gate (role "hub")."""
+
+    def __init__(self, department: str, backend: Backend, signer: DocumentSigner) -> None:
+        self.department = department
+        self.backend = backend
+        self.signer = signer
+        self.served = backend.served_types()
+
+    async def Fetch(
+        self, request: adapter_pb2.FetchRequest, context: grpc.aio.ServicerContext
+    ) -> adapter_pb2.FetchResponse:
+        """The subject's record of the type with only the requested fields, signed."""
+        async with translate_errors(context):
+            subject = self._check(request)
+            record = await self.backend.fetch(request.certificate_type, subject)
+            if record is None:
+                self._note(request, "not found")
+                raise not_found(f"no {request.certificate_type} record for this subject")
+            document = self._document(request, subject, record)
+            self._note(request, f"released {sorted(document.fields)}")
+            return adapter_pb2.FetchResponse(document=self.signer.sign(document))
+
+    async def Describe(
+        self, request: adapter_pb2.DescribeRequest, context: grpc.aio.ServicerContext
+    ) -> adapter_pb2.DescribeResponse:
+        """The certificate types and fields served, and the signing key in use."""
+        async with translate_errors(context):
+            return adapter_pb2.DescribeResponse(
+                department=self.department,
+                certificate_types=[
+                    adapter_pb2.ServedCertificateType(code=code, fields=fields)
+                    for code, fields in sorted(self.served.items())
+                ],
+                key_id=self.signer.key_id,
+                public_key=self.signer.public_key_raw,
+            )
+
+    def _check(self, request: adapter_pb2.FetchRequest) -> SubjectId:
+        if not request.certificate_type:
+            raise invalid_argument("certificate_type: required")
+        if not request.request_id:
+            raise invalid_argument("request_id: required (it is bound into the signature)")
+        if len(request.request_id) > MAX_REQUEST_ID:
+            raise invalid_argument(f"request_id: at most {MAX_REQUEST_ID} characters")
+        subject = validate_subject(request.subject)
+        known = self.served.get(request.certificate_type)
+        if known is None:
+            raise not_found(f"certificate type {request.certificate_type!r} is not served here")
+        unknown = [name for name in request.fields if name not in known]
+        if unknown:
+            raise invalid_argument(
+                f"fields: {unknown[0]!r} is not a field of {request.certificate_type} "
+                f"(known: {', '.join(known)})"
+            )
+        return subject
+
+    def _document(
+        self, request: adapter_pb2.FetchRequest, subject: SubjectId, record: Record
+    ) -> common_pb2.Document:
+        document = common_pb2.Document(
+            document_id=record.document_id,
+            certificate_type=request.certificate_type,
+            subject=common_pb2.Subject(kind=request.subject.kind, id=subject.id),
+            issuer=self.department,
+            fields={name: record.fields[name] for name in request.fields if name in record.fields},
+            request_id=request.request_id,
+        )
+        document.issued_at.FromDatetime(record.issued_at)
+        if record.valid_until is not None:
+            document.valid_until.FromDatetime(record.valid_until)
+        document.signed_at.FromDatetime(datetime.now(UTC))
+        return document
+
+    @staticmethod
+    def _note(request: adapter_pb2.FetchRequest, outcome: str) -> None:
+        # The department's own record of who asked and why; the subject id stays out of logs.
+        log.info(
+            "fetch %s request_id=%s requester=%s purpose=%r: %s",
+            request.certificate_type,
+            request.request_id,
+            request.requester_department,
+            request.purpose,
+            outcome,
+        )
+
+
+class AdapterServer(grpc.aio.Server):  # type: ignore[misc]
+    """A grpc.aio.Server that also reports health and closes its backend when stopped."""
+
+    def __init__(
+        self, server: Any, health: health_aio.HealthServicer, backend: Backend | None
+    ) -> None:
+        self._server = server
+        self._health = health
+        self._backend = backend  # None when the caller owns (and closes) the backend
+
+    def add_generic_rpc_handlers(self, generic_rpc_handlers: Any) -> None:
+        """As grpc.aio.Server."""
+        self._server.add_generic_rpc_handlers(generic_rpc_handlers)
+
+    def add_registered_method_handlers(self, service_name: str, method_handlers: Any) -> None:
+        """As grpc.aio.Server."""
+        self._server.add_registered_method_handlers(service_name, method_handlers)
+
+    def add_insecure_port(self, address: str) -> int:
+        """Refused: an adapter node serves only over mutual TLS."""
+        raise RuntimeError("an adapter node serves only over mutual TLS")
+
+    def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
+        """As grpc.aio.Server."""
+        port: int = self._server.add_secure_port(address, server_credentials)
+        return port
+
+    async def start(self) -> None:
+        """Start serving and report AdapterService as SERVING."""
+        await self._server.start()
+        await self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float | None) -> None:
+        """Report NOT_SERVING, let calls finish for `grace` seconds, then close the backend."""
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+        backend, self._backend = self._backend, None
+        if backend is not None:
+            await backend.close()
+
+    async def wait_for_termination(
+        self,
+        timeout: float | None = None,  # noqa: ASYNC109 - grpc.aio.Server's signature
+    ) -> bool:
+        """As grpc.aio.Server."""
+        terminated: bool = await self._server.wait_for_termination(timeout)
+        return terminated
+
+
+def build_adapter_server(
+    config: AdapterConfig, backend: Backend | None = None
+) -> tuple[grpc.aio.Server, int]:
+    """The adapter node's server, bound (not started) on config.listen, and its port.
+
+    The backend comes from the config unless one is given; a given backend stays the caller's
+    to close, one built here is closed by `server.stop()`. Raises OSError if the address
+    cannot be bound and ValueError for a bad backend config or signing key.
+    """
+    owned = backend is None
+    if backend is None:
+        backend = config.load_backend()
+    signer = DocumentSigner(load_signing_key(config.signing_key))
+    # No SO_REUSEPORT: a second node on a taken port must fail, not silently share the traffic.
+    inner = grpc.aio.server(interceptors=[HubOnlyGate()], options=[("grpc.so_reuseport", 0)])
+    adapter_pb2_grpc.add_AdapterServiceServicer_to_server(
+        AdapterServicer(config.department, backend, signer), inner
+    )
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, inner)
+    reflection.enable_server_reflection(
+        (
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        inner,
+    )
+    server = AdapterServer(inner, health, backend if owned else None)
+    try:
+        port = server.add_secure_port(config.listen, server_credentials(config.tls))
+    except RuntimeError as exc:  # grpc raises RuntimeError when the address is taken
+        raise OSError(f"cannot listen on {config.listen}: {exc}") from exc
+    if port == 0:
+        raise OSError(f"cannot listen on {config.listen}")
+    log.info("adapter node for %s bound to %s (port %d)", config.department, config.listen, port)
+    return server, port
