@@ -1,0 +1,129 @@
+"""Whether a document an adapter node returned may be released: origin, binding and field set.
+
+The signature is checked over the exact payload bytes with the issuer's registered key, and
+only then is the payload parsed: nothing in an unverified payload is trusted. The parsed
+document must answer exactly this request (type, subject, issuer, request id), still be valid,
+and carry no field beyond those released. Any failure is an `IntegrityError` (DATA_LOSS): the
+document is withheld and the failure audited.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import grpc
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from google.protobuf.message import DecodeError
+
+from audit.events import SubjectId
+from exchange.errors import ExchangeError
+from exchange.registry.model import ED25519, SigningKey
+from exchange.registry.snapshot import RegistrySnapshot
+from exchange.v1 import common_pb2
+
+# A document signed further in the future than this is refused: clocks disagree too much.
+CLOCK_SKEW = timedelta(minutes=5)
+
+_SUBJECT_KINDS = {
+    common_pb2.RESIDENT_ID: "RESIDENT_ID",
+    common_pb2.UNIFIED_SOCIAL_CREDIT_CODE: "UNIFIED_SOCIAL_CREDIT_CODE",
+}
+
+
+class IntegrityError(ExchangeError):
+    """A returned document failed verification; it must not be released."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(grpc.StatusCode.DATA_LOSS, message)
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the document must answer: the request as the hub sent it to the adapter."""
+
+    certificate_type: str
+    subject: SubjectId
+    issuer: str
+    request_id: str
+    fields: tuple[str, ...]
+
+
+def payload_digest(signed: common_pb2.SignedDocument) -> str:
+    """SHA-256 hex of the signed payload, as the audit log records it."""
+    return hashlib.sha256(signed.payload).hexdigest()
+
+
+def verify_document(
+    signed: common_pb2.SignedDocument,
+    expected: Expected,
+    snapshot: RegistrySnapshot,
+    now: datetime | None = None,
+) -> common_pb2.Document:
+    """The verified document inside `signed`; raises IntegrityError naming the first failure."""
+    now = now or datetime.now(UTC)
+    if signed.algorithm != ED25519:
+        raise IntegrityError(f"unsupported signature algorithm {signed.algorithm!r}")
+    key = snapshot.signing_key(expected.issuer, signed.key_id)
+    if key is None:
+        raise IntegrityError(
+            f"signing key {signed.key_id!r} is not registered for {expected.issuer!r}"
+        )
+    if key.algorithm != ED25519:
+        raise IntegrityError(f"signing key {key.key_id!r} is not an {ED25519} key")
+    try:
+        _public_key(key.public_key).verify(signed.signature, signed.payload)
+    except (InvalidSignature, ValueError):
+        raise IntegrityError("issuer signature did not verify") from None
+    document = _parse(signed.payload)
+    _check_signing_time(document, key, now)
+    _check_binding(document, expected)
+    if document.HasField("valid_until") and document.valid_until.ToDatetime(tzinfo=UTC) <= now:
+        raise IntegrityError("document validity has ended")
+    extra = sorted(set(document.fields) - set(expected.fields))
+    if extra:
+        raise IntegrityError(f"document carries fields not released: {', '.join(extra)}")
+    return document
+
+
+@functools.lru_cache(maxsize=1024)
+def _public_key(raw: bytes) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def _parse(payload: bytes) -> common_pb2.Document:
+    document = common_pb2.Document()
+    try:
+        document.ParseFromString(payload)
+    except DecodeError:
+        raise IntegrityError("signed payload is not a Document") from None
+    return document
+
+
+def _check_signing_time(document: common_pb2.Document, key: SigningKey, now: datetime) -> None:
+    if not document.HasField("signed_at"):
+        raise IntegrityError("document has no signing time")
+    signed_at = document.signed_at.ToDatetime(tzinfo=UTC)
+    if not key.is_valid_at(signed_at):
+        raise IntegrityError(
+            f"signing key {key.key_id!r} was not valid when the document was signed"
+        )
+    if signed_at > now + CLOCK_SKEW:
+        raise IntegrityError("document is signed in the future")
+
+
+def _check_binding(document: common_pb2.Document, expected: Expected) -> None:
+    if document.certificate_type != expected.certificate_type:
+        raise IntegrityError(
+            f"document is a {document.certificate_type!r}, not a {expected.certificate_type!r}"
+        )
+    kind = _SUBJECT_KINDS.get(document.subject.kind, "")
+    if kind != expected.subject.kind or document.subject.id.upper() != expected.subject.id:
+        raise IntegrityError("document is about another subject")
+    if document.issuer != expected.issuer:
+        raise IntegrityError(f"document issuer {document.issuer!r} is not {expected.issuer!r}")
+    if document.request_id != expected.request_id:
+        raise IntegrityError("document answers another request")
