@@ -63,7 +63,9 @@ class DemoPopulation:
         self.families = [self._family(i) for i in range(families)]
         self.companies = [self._company(i) for i in range(companies)]
 
-    def _person(self, sex: str, born_from: int, born_to: int, region: str, address: str) -> Person:
+    def _person(
+        self, sex: str, born_from: int, born_to: int, region: str, address: str, surname: str = ""
+    ) -> Person:
         rng = self._rng
         birth = date(born_from, 1, 1) + timedelta(days=rng.randrange((born_to - born_from) * 365))
         resident_id = ""
@@ -73,7 +75,7 @@ class DemoPopulation:
             order = (self._sequence % 500) * 2 + (1 if sex == "男" else 0)
             resident_id = make_resident_id(region, birth, order)
         self._ids.add(resident_id)
-        name = rng.choice(SURNAMES) + "".join(rng.choices(GIVEN, k=rng.choice((1, 2))))
+        name = (surname or rng.choice(SURNAMES)) + "".join(rng.choices(GIVEN, k=rng.choice((1, 2))))
         return Person(
             id=resident_id,
             name=name,
@@ -90,7 +92,8 @@ class DemoPopulation:
         address = f"{REGIONS[region]}{rng.choice(STREETS)}{rng.randrange(1, 300)}号"
         mother = self._person("女", 1980, 1998, region, address)
         father = self._person("男", 1978, 1996, region, address)
-        child = self._person(rng.choice(("男", "女")), 2015, 2025, region, address)
+        sex = rng.choice(("男", "女"))
+        child = self._person(sex, 2015, 2025, region, address, surname=father.name[0])
         married_on = max(mother.birth, father.birth) + timedelta(days=365 * 22 + index % 900)
         return Family(mother, father, child, married_on, f"{region}{100000 + index:06d}")
 
