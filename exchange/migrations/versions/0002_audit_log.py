@@ -1,4 +1,5 @@
-"""The audit log: entries, signed checkpoints, Merkle subtree hashes, the Kafka outbox.
+"""The audit log: entries, their query index, signed checkpoints, Merkle subtree hashes, the
+Kafka outbox.
 
 Revision ID: 0002_audit_log
 Revises: 0001_registry
@@ -26,13 +27,9 @@ QUERY_COLUMNS = (
 )
 
 
-def upgrade() -> None:
-    op.create_table(
-        "audit_entries",
-        sa.Column("idx", INDEX, autoincrement=False, nullable=False),
+def _query_columns() -> list[sa.Column[object]]:
+    return [
         sa.Column("time", sa.String(32), nullable=False),
-        sa.Column("leaf", sa.LargeBinary, nullable=False),
-        sa.Column("leaf_hash", sa.LargeBinary(32), nullable=False),
         sa.Column("event", sa.String(32), nullable=False),
         sa.Column("outcome", sa.String(16), nullable=False),
         sa.Column("subject_ref", sa.String(64), nullable=False),
@@ -40,10 +37,26 @@ def upgrade() -> None:
         sa.Column("issuer", sa.Text, nullable=False),
         sa.Column("certificate_type", sa.Text, nullable=False),
         sa.Column("purpose", sa.Text, nullable=False),
+    ]
+
+
+def upgrade() -> None:
+    op.create_table(
+        "audit_entries",
+        sa.Column("idx", INDEX, autoincrement=False, nullable=False),
+        sa.Column("leaf", sa.LargeBinary, nullable=False),
+        sa.Column("leaf_hash", sa.LargeBinary(32), nullable=False),
+        *_query_columns(),
         sa.PrimaryKeyConstraint("idx", name="pk_audit_entries"),
     )
+    op.create_table(
+        "audit_query_index",
+        sa.Column("idx", INDEX, autoincrement=False, nullable=False),
+        *_query_columns(),
+        sa.PrimaryKeyConstraint("idx", name="pk_audit_query_index"),
+    )
     for column in QUERY_COLUMNS:
-        op.create_index(f"ix_audit_entries_{column}", "audit_entries", [column, "idx"])
+        op.create_index(f"ix_audit_query_index_{column}", "audit_query_index", [column, "idx"])
     op.create_table(
         "audit_checkpoints",
         sa.Column("tree_size", INDEX, autoincrement=False, nullable=False),
@@ -80,6 +93,5 @@ def downgrade() -> None:
     op.drop_table("audit_outbox")
     op.drop_table("audit_tree_nodes")
     op.drop_table("audit_checkpoints")
-    for column in QUERY_COLUMNS:
-        op.drop_index(f"ix_audit_entries_{column}", table_name="audit_entries")
+    op.drop_table("audit_query_index")
     op.drop_table("audit_entries")

@@ -1,0 +1,243 @@
+"""The audit log the hub appends to: group commit, receipts, and the sequencer's schedule.
+
+`append()` queues the event and waits. One writer task takes everything queued (up to
+`max_batch`), and in a thread stores the whole batch — entries and outbox rows — in one
+transaction under the database's append lock, signs a receipt for each entry, and resolves
+every waiting append. While a batch is being committed the next one gathers in the queue,
+so a burst of concurrent appends shares a few commits instead of paying one fsync each.
+
+A second task runs the sequencer every `checkpoint_interval_seconds`, and `checkpoint()`
+runs it on demand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import AsyncIterator, Sequence
+
+import sqlalchemy as sa
+
+from audit import entry, store
+from audit.config import AuditConfig
+from audit.events import AuditEvent
+from audit.export import ExportRecord
+from audit.keys import LogKeys
+from audit.reader import LogReader
+from audit.sequencer import Sequencer
+from audit.signing import sign_receipt
+from exchange.errors import unavailable
+from exchange.v1 import audit_pb2, lookup_pb2
+
+log = logging.getLogger(__name__)
+
+_Waiting = tuple[entry.PreparedEntry, "asyncio.Future[lookup_pb2.Receipt]"]
+
+
+class _InFlight:
+    """Signing tasks not yet finished, so close() can wait for the last receipts."""
+
+    def __init__(self) -> None:
+        self._pending: set[asyncio.Future[list[lookup_pb2.Receipt]]] = set()
+
+    def track(self, future: asyncio.Future[list[lookup_pb2.Receipt]]) -> None:
+        """Remember `future` until it is done."""
+        self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
+
+    async def wait_idle(self) -> None:
+        """Return once every tracked future is done."""
+        if self._pending:
+            await asyncio.wait(list(self._pending))
+
+
+class AuditLog:
+    """An append-only, tamper-evident log of who accessed what (implements AuditSink)."""
+
+    def __init__(self, engine: sa.Engine, config: AuditConfig, keys: LogKeys) -> None:
+        self.engine = engine
+        self.config = config
+        self.keys = keys
+        self.sequencer = Sequencer(engine, keys)
+        self.reader = LogReader(engine, self.sequencer)
+        self.batches_committed = 0  # transactions that stored entries (group commit at work)
+        self.entries_committed = 0
+        self._queue: collections.deque[_Waiting] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._writer: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._write_thread = concurrent.futures.ThreadPoolExecutor(1, "audit-writer")
+        self._connection: sa.Connection | None = None  # used by the writer thread only
+        self._sign_threads = concurrent.futures.ThreadPoolExecutor(2, "audit-signer")
+        self._signed = _InFlight()
+        self._sequence_thread = concurrent.futures.ThreadPoolExecutor(1, "audit-sequencer")
+
+    @classmethod
+    def open(cls, engine: sa.Engine, config: AuditConfig) -> AuditLog:
+        """A log on `engine` (schema already migrated) with the keys named by `config`."""
+        return cls(engine, config, LogKeys.load(config))
+
+    @property
+    def log_id(self) -> str:
+        """The log's identity: the key id of its signing key."""
+        return self.keys.log_id
+
+    @property
+    def public_key_raw(self) -> bytes:
+        """The raw 32-byte Ed25519 key receipts and checkpoints verify with."""
+        return self.keys.public_key_raw
+
+    async def start(self) -> None:
+        """Re-derive the tree frontier from the database and start writing and sequencing."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._sequence_thread, self.sequencer.load)
+        self._writer = asyncio.create_task(self._write_batches(), name="audit-writer")
+        self._ticker = asyncio.create_task(self._sequence_periodically(), name="audit-sequencer")
+
+    async def close(self) -> None:
+        """Finish every queued append, sign a last checkpoint if the tree grew, and stop."""
+        if self._closing:
+            return
+        self._closing = True
+        self._wakeup.set()
+        if self._writer is not None:
+            await self._writer
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+            with contextlib.suppress(Exception):
+                await self._sequence(fresh=False)
+        await asyncio.get_running_loop().run_in_executor(self._write_thread, self._close_connection)
+        self._write_thread.shutdown()
+        self._sign_threads.shutdown()
+        self._sequence_thread.shutdown()
+
+    async def append(self, event: AuditEvent) -> lookup_pb2.Receipt:
+        """Record `event`; returns its signed receipt once the entry is durable."""
+        if self._closing or self._writer is None:
+            raise unavailable("audit log is not running; nothing can be recorded")
+        prepared = entry.prepare(event, self.keys, dt.datetime.now(dt.UTC))
+        future: asyncio.Future[lookup_pb2.Receipt] = asyncio.get_running_loop().create_future()
+        self._queue.append((prepared, future))
+        self._wakeup.set()
+        return await future
+
+    async def checkpoint(self, *, fresh: bool = False) -> audit_pb2.SignedCheckpoint:
+        """The latest signed checkpoint; with fresh=True, one over everything appended so far."""
+        loop = asyncio.get_running_loop()
+        latest = None
+        if not fresh:
+            latest = await loop.run_in_executor(self._sequence_thread, self.sequencer.latest)
+        if latest is None:
+            latest = await self._sequence(fresh=True)
+            assert latest is not None  # a fresh round always returns a checkpoint
+        return latest
+
+    async def export_records(
+        self, from_index: int = 0, to_index: int = 0
+    ) -> AsyncIterator[ExportRecord]:
+        """The records of an export (see LogReader.export_chunks), read in a thread."""
+        chunks = self.reader.export_chunks(from_index, to_index)
+        while True:
+            chunk = await asyncio.to_thread(next, chunks, None)
+            if chunk is None:
+                return
+            for record in chunk:
+                yield record
+
+    async def _write_batches(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                count = min(len(self._queue), self.config.max_batch)
+                batch = [self._queue.popleft() for _ in range(count)]
+                prepared = [item[0] for item in batch]
+                try:
+                    sealed = await loop.run_in_executor(self._write_thread, self._commit, prepared)
+                except Exception:
+                    log.exception("audit log: a batch of %d entries was not stored", count)
+                    failure = unavailable("audit log unavailable; the entry was not recorded")
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(failure)
+                    continue
+                # Signing releases the GIL: both halves of the batch are signed at once, beside
+                # the next batch's commit.
+                futures = [future for _, future in batch]
+                half = (count + 1) // 2
+                self._deliver(futures[:half], sealed[:half])
+                if half < count:
+                    self._deliver(futures[half:], sealed[half:])
+            if self._closing and not self._queue:
+                await self._signed.wait_idle()
+                return
+
+    def _commit(self, prepared: Sequence[entry.PreparedEntry]) -> list[entry.SealedEntry]:
+        keys = self.keys
+        if self._connection is None:
+            self._connection = store.writer_connection(self.engine)
+        try:
+            sealed = store.append_batch(
+                self._connection, prepared, lambda item, index: entry.seal(item, index, keys)
+            )
+        except Exception:
+            self._close_connection()  # it may be broken; the next batch connects afresh
+            raise
+        self.batches_committed += 1
+        self.entries_committed += len(sealed)
+        return sealed
+
+    def _close_connection(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                connection.close()
+
+    def _deliver(
+        self,
+        futures: list[asyncio.Future[lookup_pb2.Receipt]],
+        sealed: list[entry.SealedEntry],
+    ) -> None:
+        """Sign receipts for `sealed` in the signing threads, then resolve `futures`."""
+        keys = self.keys
+
+        def sign() -> list[lookup_pb2.Receipt]:
+            return [sign_receipt(keys, e.index, e.leaf_hash, e.appended_at) for e in sealed]
+
+        signing = asyncio.get_running_loop().run_in_executor(self._sign_threads, sign)
+        self._signed.track(signing)
+
+        def resolve(done: asyncio.Future[list[lookup_pb2.Receipt]]) -> None:
+            if done.exception() is not None:
+                log.error("audit log: signing receipts failed", exc_info=done.exception())
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(unavailable("audit log could not sign a receipt"))
+                return
+            for future, receipt in zip(futures, done.result(), strict=True):
+                if not future.done():
+                    future.set_result(receipt)
+
+        signing.add_done_callback(resolve)
+
+    async def _sequence(self, *, fresh: bool) -> audit_pb2.SignedCheckpoint | None:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._sequence_thread, lambda: self.sequencer.run(fresh=fresh)
+        )
+
+    async def _sequence_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.checkpoint_interval_seconds)
+            try:
+                await self._sequence(fresh=False)
+            except Exception:
+                log.exception("audit log: sequencing failed; retrying next interval")

@@ -1,0 +1,260 @@
+"""Reading and writing the audit tables: batches of entries under the log's write lock, tree
+nodes, checkpoints and leaf ranges.
+
+Indexes must stay gapless and unique even when several hub processes append to one
+database. Each batch therefore runs in one transaction that first takes the database's
+write lock — a transaction-scoped advisory lock on PostgreSQL, BEGIN IMMEDIATE on SQLite —
+and only then reads the next free index. All functions here are blocking; the log calls them
+from its own threads.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from audit.entry import ROW_COLUMNS, PreparedEntry, SealedEntry
+from audit.tables import (
+    audit_checkpoints,
+    audit_entries,
+    audit_outbox,
+    audit_query_index,
+    audit_tree_nodes,
+)
+from exchange.db import metadata
+
+# Advisory lock keys (PostgreSQL): one serialises appends, one elects the sequencer.
+APPEND_LOCK = 0x0A0D17_0001
+SEQUENCER_LOCK = 0x0A0D17_0002
+
+Sealer = Callable[[PreparedEntry, int], SealedEntry]
+
+
+def begin_immediate(conn: sa.Connection) -> None:
+    """On SQLite, start `conn`'s transaction holding the database's write lock."""
+    if conn.dialect.name == "sqlite":
+        # pysqlite would BEGIN (deferred) lazily, at the first write; BEGIN IMMEDIATE takes
+        # the write lock now, so reads that follow are serialised with every other writer.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def lock_for_writing(conn: sa.Connection) -> None:
+    """Start `conn`'s transaction holding the database-wide append lock."""
+    if conn.dialect.name == "sqlite":
+        begin_immediate(conn)
+    else:
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(APPEND_LOCK)))
+
+
+def next_index(conn: sa.Connection) -> int:
+    """The index the next entry gets: one past the largest stored (0 for an empty log)."""
+    largest = conn.execute(sa.select(sa.func.max(audit_entries.c.idx))).scalar_one()
+    return 0 if largest is None else int(largest) + 1
+
+
+def writer_connection(engine: sa.Engine) -> sa.Connection:
+    """A connection of the log's own for appending, outside the engine's pool.
+
+    On SQLite it gets a large page cache: every commit rewrites the index pages it touched,
+    and keeping them cached saves reading them back for the next batch.
+    """
+    conn = engine.connect()
+    conn.detach()  # its settings must not leak to the pool's other users
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("PRAGMA cache_size = -65536")  # 64 MiB
+        conn.commit()
+    return conn
+
+
+def append_batch(
+    conn: sa.Connection, prepared: Sequence[PreparedEntry], sealer: Sealer
+) -> list[SealedEntry]:
+    """Store `prepared` as the next entries of the log, with their outbox rows, in one
+    durable transaction; return them sealed with their indexes."""
+    try:
+        lock_for_writing(conn)
+        first = next_index(conn)
+        sealed = [sealer(entry, first + offset) for offset, entry in enumerate(prepared)]
+        # The DB-API cursor directly, with plain tuples: this is the log's hot path, and the
+        # rows need none of SQLAlchemy's per-row parameter processing.
+        cursor = conn.connection.cursor()
+        try:
+            _insert_rows(
+                cursor,
+                conn.dialect,
+                audit_entries.name,
+                ROW_COLUMNS,
+                [entry.row for entry in sealed],
+            )
+            _insert_rows(
+                cursor,
+                conn.dialect,
+                audit_outbox.name,
+                ("idx", "payload"),
+                [(entry.index, entry.leaf) for entry in sealed],
+            )
+        finally:
+            cursor.close()
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    return sealed
+
+
+def _insert_rows(
+    cursor: Any,
+    dialect: sa.Dialect,
+    table: str,
+    columns: tuple[str, ...],
+    rows: Sequence[tuple[Any, ...]],
+) -> None:
+    if dialect.name == "postgresql":
+        # Binary COPY: one statement for the whole batch, and no hex-encoding of the leaf;
+        # psycopg's pipelined executemany costs about three times as much per row.
+        with cursor.copy(_copy_sql(table, columns)) as copy:
+            copy.set_types(_copy_types(table, columns))
+            for row in rows:
+                copy.write_row(row)
+    else:
+        cursor.executemany(_insert_sql(dialect, table, columns), rows)
+
+
+@functools.cache
+def _copy_sql(table: str, columns: tuple[str, ...]) -> str:
+    return f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
+
+
+@functools.cache
+def _copy_types(table: str, columns: tuple[str, ...]) -> list[str]:
+    """PostgreSQL type names of `columns`, which binary COPY needs to encode values."""
+    types = []
+    for name in columns:
+        column_type = metadata.tables[table].c[name].type
+        if isinstance(column_type, sa.LargeBinary):
+            types.append("bytea")
+        elif isinstance(column_type, sa.Integer):
+            types.append("bigint")
+        else:
+            types.append("text")
+    return types
+
+
+@functools.cache
+def _insert_sql(dialect: sa.Dialect, table: str, columns: tuple[str, ...]) -> str:
+    marker = "?" if dialect.paramstyle == "qmark" else "%s"
+    names = ", ".join(columns)
+    markers = ", ".join(marker for _ in columns)
+    return f"INSERT INTO {table} ({names}) VALUES ({markers})"  # noqa: S608 - constants only
+
+
+def entry_count(conn: sa.Connection) -> int:
+    """How many entries the log holds."""
+    return next_index(conn)
+
+
+def leaf_hashes(conn: sa.Connection, start: int, end: int) -> list[bytes]:
+    """Leaf hashes of entries [start, end), in index order."""
+    rows = conn.execute(
+        sa.select(audit_entries.c.leaf_hash)
+        .where(audit_entries.c.idx >= start, audit_entries.c.idx < end)
+        .order_by(audit_entries.c.idx)
+    )
+    return [bytes(row[0]) for row in rows]
+
+
+def tree_nodes(
+    conn: sa.Connection, wanted: Iterable[tuple[int, int]]
+) -> dict[tuple[int, int], bytes]:
+    """Stored subtree hashes for the (level, position) pairs in `wanted` that exist."""
+    keys = sorted(set(wanted))
+    found: dict[tuple[int, int], bytes] = {}
+    for chunk_start in range(0, len(keys), 500):
+        chunk = keys[chunk_start : chunk_start + 500]
+        rows = conn.execute(
+            sa.select(
+                audit_tree_nodes.c.level, audit_tree_nodes.c.position, audit_tree_nodes.c.hash
+            ).where(sa.tuple_(audit_tree_nodes.c.level, audit_tree_nodes.c.position).in_(chunk))
+        )
+        for level, position, digest in rows:
+            found[(int(level), int(position))] = bytes(digest)
+    return found
+
+
+def insert_tree_nodes(conn: sa.Connection, nodes: Sequence[tuple[int, int, bytes]]) -> None:
+    """Store complete-subtree hashes computed by the sequencer."""
+    if nodes:
+        conn.execute(
+            audit_tree_nodes.insert(),
+            [
+                {"level": level, "position": position, "hash": digest}
+                for level, position, digest in nodes
+            ],
+        )
+
+
+def index_entries(conn: sa.Connection, start: int, end: int) -> None:
+    """Copy the query columns of entries [start, end) into the indexed audit_query_index."""
+    columns = [column.name for column in audit_query_index.c]
+    conn.execute(
+        audit_query_index.insert().from_select(
+            columns,
+            sa.select(*(audit_entries.c[name] for name in columns)).where(
+                audit_entries.c.idx >= start, audit_entries.c.idx < end
+            ),
+        )
+    )
+
+
+def latest_checkpoint(conn: sa.Connection) -> sa.Row[Any] | None:
+    """The stored checkpoint with the largest tree size, or None."""
+    return conn.execute(
+        sa.select(audit_checkpoints).order_by(audit_checkpoints.c.tree_size.desc()).limit(1)
+    ).first()
+
+
+def signed_size(conn: sa.Connection) -> int:
+    """The tree size of the latest checkpoint: how many entries the signed tree covers."""
+    largest = conn.execute(sa.select(sa.func.max(audit_checkpoints.c.tree_size))).scalar()
+    return 0 if largest is None else int(largest)
+
+
+def checkpoint_at(conn: sa.Connection, tree_size: int) -> sa.Row[Any] | None:
+    """The stored checkpoint of exactly `tree_size`, or None."""
+    return conn.execute(
+        sa.select(audit_checkpoints).where(audit_checkpoints.c.tree_size == tree_size)
+    ).first()
+
+
+def checkpoints_between(conn: sa.Connection, low: int, high: int) -> list[sa.Row[Any]]:
+    """Stored checkpoints with low < tree_size <= high, smallest first."""
+    return list(
+        conn.execute(
+            sa.select(audit_checkpoints)
+            .where(audit_checkpoints.c.tree_size > low, audit_checkpoints.c.tree_size <= high)
+            .order_by(audit_checkpoints.c.tree_size)
+        )
+    )
+
+
+def iter_entries(
+    engine: sa.Engine, start: int, end: int, chunk: int = 5000
+) -> Iterator[tuple[int, bytes, bytes]]:
+    """(index, leaf, leaf_hash) of entries [start, end) in index order, read in chunks."""
+    position = start
+    while position < end:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(audit_entries.c.idx, audit_entries.c.leaf, audit_entries.c.leaf_hash)
+                .where(audit_entries.c.idx >= position, audit_entries.c.idx < end)
+                .order_by(audit_entries.c.idx)
+                .limit(chunk)
+            ).all()
+        if not rows:
+            return
+        for idx, leaf, digest in rows:
+            yield int(idx), bytes(leaf), bytes(digest)
+        position = int(rows[-1][0]) + 1

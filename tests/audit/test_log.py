@@ -1,0 +1,179 @@
+"""Appending: group commit, gapless indexes across writers, receipts, checkpoints and proofs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import grpc
+import pytest
+import rfc6962
+import sqlalchemy as sa
+from audit_world import lookup_event
+
+from audit.config import AuditConfig
+from audit.log import AuditLog
+from audit.signing import verify_checkpoint, verify_receipt
+from audit.tables import audit_entries, audit_outbox
+from exchange.db import make_engine
+from exchange.errors import ExchangeError
+from exchange.pki import load_public_key_raw
+from exchange.v1 import audit_pb2
+
+
+def stored_leaves(engine: sa.Engine) -> list[tuple[int, bytes]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(audit_entries.c.idx, audit_entries.c.leaf).order_by(audit_entries.c.idx)
+        )
+        return [(int(idx), bytes(leaf)) for idx, leaf in rows]
+
+
+async def test_concurrent_appends_share_commits_and_get_gapless_indexes(
+    audit_log: AuditLog, engine: sa.Engine, audit_config: AuditConfig
+) -> None:
+    receipts = await asyncio.gather(*(audit_log.append(lookup_event(i)) for i in range(500)))
+
+    assert sorted(r.entry_index for r in receipts) == list(range(500))
+    assert [idx for idx, _ in stored_leaves(engine)] == list(range(500))
+    assert audit_log.batches_committed < 500
+    public_key = load_public_key_raw(audit_config.public_key)
+    for receipt in receipts:
+        promise = verify_receipt(receipt, public_key)
+        assert promise.entry_index == receipt.entry_index
+        assert promise.log_id == audit_log.log_id
+    with engine.connect() as conn:
+        outbox = conn.execute(sa.select(sa.func.count()).select_from(audit_outbox)).scalar()
+    assert outbox == 500
+
+
+async def test_receipt_commits_to_the_stored_entry(audit_log: AuditLog, engine: sa.Engine) -> None:
+    receipt = await audit_log.append(lookup_event(7, purpose="social_assistance"))
+    index, leaf = stored_leaves(engine)[receipt.entry_index]
+    entry = json.loads(leaf)
+
+    assert rfc6962.leaf(leaf) == receipt.leaf_hash
+    assert entry["index"] == index == receipt.entry_index
+    assert entry["purpose"] == "social_assistance"
+    assert entry["fields_released"] == ["birth_date", "name"]
+    assert entry["time"].endswith("Z") and len(entry["time"]) == 27
+    assert (
+        leaf
+        == json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    )
+
+
+async def test_checkpoints_and_proofs_check_out_with_rfc_6962(
+    audit_log: AuditLog, engine: sa.Engine, audit_config: AuditConfig
+) -> None:
+    public_key = load_public_key_raw(audit_config.public_key)
+    await asyncio.gather(*(audit_log.append(lookup_event(i)) for i in range(300)))
+    first = verify_checkpoint(await audit_log.checkpoint(fresh=True), public_key)
+    await asyncio.gather(*(audit_log.append(lookup_event(i)) for i in range(400)))
+    second = verify_checkpoint(await audit_log.checkpoint(fresh=True), public_key)
+    leaves = [rfc6962.leaf(leaf) for _, leaf in stored_leaves(engine)]
+
+    assert (first.tree_size, second.tree_size) == (300, 700)
+    assert first.root_hash == rfc6962.mth(leaves[:300])
+    assert second.root_hash == rfc6962.mth(leaves)
+    for index in (0, 1, 255, 256, 299, 511, 512, 699):
+        proof = await asyncio.to_thread(audit_log.reader.inclusion_proof, index, 0)
+        assert proof.tree_size == 700 and proof.leaf_hash == leaves[index]
+        assert rfc6962.inclusion_root(index, 700, leaves[index], proof.hashes) == second.root_hash
+    proof = await asyncio.to_thread(audit_log.reader.inclusion_proof, 17, 300)
+    assert rfc6962.inclusion_root(17, 300, leaves[17], proof.hashes) == first.root_hash
+    consistency = await asyncio.to_thread(audit_log.reader.consistency_proof, 300, 700)
+    assert rfc6962.consistency_roots(300, 700, first.root_hash, consistency.hashes) == (
+        first.root_hash,
+        second.root_hash,
+    )
+    # Sizes no checkpoint was signed at are provable too, as long as one covers them.
+    consistency = await asyncio.to_thread(audit_log.reader.consistency_proof, 257, 513)
+    assert list(consistency.hashes) == rfc6962.proof(257, leaves[:513])
+
+
+async def test_proofs_beyond_the_signed_tree_are_out_of_range(audit_log: AuditLog) -> None:
+    await asyncio.gather(*(audit_log.append(lookup_event(i)) for i in range(10)))
+    await audit_log.checkpoint(fresh=True)
+    await audit_log.append(lookup_event(10))
+
+    with pytest.raises(ExchangeError) as beyond:
+        await asyncio.to_thread(audit_log.reader.inclusion_proof, 10, 0)
+    assert beyond.value.status == grpc.StatusCode.OUT_OF_RANGE
+    with pytest.raises(ExchangeError) as inconsistent:
+        await asyncio.to_thread(audit_log.reader.inclusion_proof, 5, 3)
+    assert inconsistent.value.status == grpc.StatusCode.INVALID_ARGUMENT
+    assert "index" in inconsistent.value.message
+    with pytest.raises(ExchangeError) as sizes:
+        await asyncio.to_thread(audit_log.reader.consistency_proof, 8, 4)
+    assert sizes.value.status == grpc.StatusCode.INVALID_ARGUMENT
+    assert "first_size" in sizes.value.message
+
+
+async def test_a_restarted_log_continues_the_same_tree(
+    engine: sa.Engine, audit_config: AuditConfig
+) -> None:
+    public_key = load_public_key_raw(audit_config.public_key)
+    log = AuditLog.open(engine, audit_config)
+    await log.start()
+    await asyncio.gather(*(log.append(lookup_event(i)) for i in range(600)))
+    await log.checkpoint(fresh=True)
+    await log.close()
+
+    log = AuditLog.open(engine, audit_config)
+    await log.start()
+    receipt = await log.append(lookup_event(600))
+    checkpoint = verify_checkpoint(await log.checkpoint(fresh=True), public_key)
+    await log.close()
+
+    leaves = [rfc6962.leaf(leaf) for _, leaf in stored_leaves(engine)]
+    assert receipt.entry_index == 600
+    assert checkpoint.tree_size == 601 and checkpoint.root_hash == rfc6962.mth(leaves)
+
+
+async def test_an_empty_log_has_a_signed_empty_checkpoint(
+    audit_log: AuditLog, audit_config: AuditConfig
+) -> None:
+    signed = await audit_log.checkpoint()
+    checkpoint = verify_checkpoint(signed, load_public_key_raw(audit_config.public_key))
+    assert checkpoint.tree_size == 0
+    assert checkpoint.root_hash == rfc6962.mth([])
+
+
+async def test_a_closed_log_refuses_appends(engine: sa.Engine, audit_config: AuditConfig) -> None:
+    log = AuditLog.open(engine, audit_config)
+    await log.start()
+    await log.close()
+    with pytest.raises(ExchangeError) as closed:
+        await log.append(lookup_event(1))
+    assert closed.value.status == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_two_logs_on_one_database_append_one_gapless_log(
+    database_url: str, engine: sa.Engine, audit_config: AuditConfig
+) -> None:
+    # Two hub processes share the database: each has its own engine (own connections).
+    other_engine = make_engine(database_url)
+    first, second = AuditLog.open(engine, audit_config), AuditLog.open(other_engine, audit_config)
+    await first.start()
+    await second.start()
+    try:
+        receipts = await asyncio.gather(
+            *(log.append(lookup_event(i)) for i in range(300) for log in (first, second))
+        )
+        checkpoints = await asyncio.gather(
+            first.checkpoint(fresh=True), second.checkpoint(fresh=True)
+        )
+    finally:
+        await first.close()
+        await second.close()
+        other_engine.dispose()
+
+    stored = stored_leaves(engine)
+    assert sorted(r.entry_index for r in receipts) == list(range(600))
+    assert [idx for idx, _ in stored] == list(range(600))
+    assert all(json.loads(leaf)["index"] == idx for idx, leaf in stored)
+    sizes = [audit_pb2.Checkpoint.FromString(c.checkpoint).tree_size for c in checkpoints]
+    assert sizes == [600, 600]
+    root = audit_pb2.Checkpoint.FromString(checkpoints[0].checkpoint).root_hash
+    assert root == rfc6962.mth([rfc6962.leaf(leaf) for _, leaf in stored])
