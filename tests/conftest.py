@@ -73,3 +73,6 @@ from pki_fixture import TestPki  # noqa: E402 - kept next to the fixture that us
 def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
     """One CA for the session; `.identity(name, role, department)` etc. issue once and cache."""
     return TestPki(tmp_path_factory.mktemp("pki"))
+
+
+from kafka_fixture import kafka_broker  # noqa: E402, F401 - the tansu broker fixture
