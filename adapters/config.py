@@ -13,6 +13,7 @@ files, data files) are taken from the folder the config file is in. A complete e
     ca = "pki/ca.pem"
     cert = "pki/psb-adapter.pem"
     key = "pki/psb-adapter.key"
+    crl = "pki/ca.crl"                 # optional; default: ca.crl next to `ca`, when present
 
     [backend]                          # kind: "sql", "files", or an installed plug-in
     kind = "sql"
@@ -69,6 +70,8 @@ class AdapterConfig:
     backend_options: Mapping[str, Any] = field(repr=False)
     base_dir: Path
     shutdown_grace_seconds: float = DEFAULT_GRACE_SECONDS
+    # The CA's revocation list checked on every call; None: ca.crl next to tls.ca.
+    crl: Path | None = None
 
     @classmethod
     def from_file(cls, path: Path) -> AdapterConfig:
@@ -87,7 +90,8 @@ class AdapterConfig:
     def from_dict(cls, d: Mapping[str, Any], base_dir: Path) -> AdapterConfig:
         """Parse a config already read from TOML; ValueError names any unknown or bad key."""
         reader = OptionReader(d, "config", _KEYS)
-        tls = OptionReader(reader.table("tls"), "tls", ("ca", "cert", "key"))
+        tls_table = reader.table("tls")
+        tls = OptionReader(tls_table, "tls", ("ca", "cert", "key", "crl"))
         backend = dict(reader.table("backend"))
         kind = backend.pop("kind", None)
         if not isinstance(kind, str) or not kind:
@@ -109,6 +113,7 @@ class AdapterConfig:
             backend_options=backend,
             base_dir=base_dir,
             shutdown_grace_seconds=_grace(d.get("shutdown_grace_seconds", DEFAULT_GRACE_SECONDS)),
+            crl=tls.path("crl", base_dir) if "crl" in tls_table else None,
         )
 
     def load_backend(self) -> Backend:

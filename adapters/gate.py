@@ -1,23 +1,26 @@
-"""The adapter node's gate: only the hub may call AdapterService.
+"""The adapter node's gate: only the hub may call AdapterService, with a certificate in force.
 
 Departments reach records only through the hub, which applies grants, consent and audit;
 a department certificate calling an adapter node directly would bypass all of that. The TLS
-handshake has already verified the certificate against the CA; this interceptor reads its
-role before any AdapterService handler runs. Health checks and reflection stay open to any
-verified peer, so load balancers and operators can probe the node.
+handshake has already verified the certificate against the CA; this interceptor checks on
+every call that it is not revoked (the CA's CRL, re-read when it changes) nor expired, and
+reads its role, before any AdapterService handler runs. Health checks and reflection stay
+open to any verified peer, so load balancers and operators can probe the node.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 import grpc.aio
 
-from exchange.errors import permission_denied, translate_errors
+from exchange.errors import ExchangeError, permission_denied, translate_errors
 from exchange.identity import Role, identity_from_context
+from exchange.revocation import RevocationList, check_certificate
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +29,10 @@ HUB_ONLY_MESSAGE = "only the hub may call an adapter node"
 
 
 class HubOnlyGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Refuses AdapterService calls whose client certificate role is not "hub"."""
+    """Refuses AdapterService calls whose client certificate is revoked, expired or not a hub's."""
+
+    def __init__(self, revocations: RevocationList | None = None) -> None:
+        self._revocations = revocations
 
     async def intercept_service(
         self,
@@ -46,6 +52,11 @@ class HubOnlyGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
             async with translate_errors(context):
                 identity = identity_from_context(context)
+                try:
+                    check_certificate(identity, self._revocations, datetime.now(UTC))
+                except ExchangeError as refusal:
+                    log.warning("refused %s from %s: %s", method, identity.name, refusal.message)
+                    raise
                 if identity.role is not Role.HUB:
                     log.warning("refused %s from %s (%s)", method, identity.name, identity.role)
                     raise permission_denied(HUB_ONLY_MESSAGE)

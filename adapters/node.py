@@ -25,6 +25,7 @@ from adapters.signing import DocumentSigner
 from audit.events import SubjectId
 from exchange.errors import invalid_argument, not_found, translate_errors
 from exchange.pki import load_signing_key
+from exchange.revocation import revocation_list_for
 from exchange.subject import validate_subject
 from exchange.tls import server_credentials
 from exchange.v1 import adapter_pb2, adapter_pb2_grpc, common_pb2
@@ -185,7 +186,10 @@ def build_adapter_server(
         backend = config.load_backend()
     signer = DocumentSigner(load_signing_key(config.signing_key))
     # No SO_REUSEPORT: a second node on a taken port must fail, not silently share the traffic.
-    inner = grpc.aio.server(interceptors=[HubOnlyGate()], options=[("grpc.so_reuseport", 0)])
+    revocations = revocation_list_for(config.tls.ca, config.crl)
+    inner = grpc.aio.server(
+        interceptors=[HubOnlyGate(revocations)], options=[("grpc.so_reuseport", 0)]
+    )
     adapter_pb2_grpc.add_AdapterServiceServicer_to_server(
         AdapterServicer(config.department, backend, signer), inner
     )

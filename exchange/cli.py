@@ -14,7 +14,8 @@ from collections.abc import Callable
 
 # Each module defines add_cli(subparsers) -> None.
 COMMAND_MODULES = (
-    "exchange.pki",  # exchange pki init | issue | signing-key
+    "exchange.pki_cli",  # exchange pki init | issue | renew | revoke | list | signing-key
+    "exchange.consent",  # exchange consent issue
     "exchange.hub.cli",  # exchange serve
     "adapters.cli",  # exchange adapter serve
     "audit.cli",  # exchange audit query | report | checkpoint | export | verify

@@ -126,6 +126,7 @@ class HubConfig:
                     lookup, "default_deadline_seconds", DEFAULT_DEADLINE
                 ),
             ),
+            crl=_path(base_dir, tls, "crl") if "crl" in tls else None,
         )
 
 

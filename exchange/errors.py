@@ -22,6 +22,9 @@ INTERNAL_MESSAGE = "internal error"
 class ExchangeError(Exception):
     """A refusal or failure with the gRPC status the caller will see and a public message."""
 
+    # Trailing metadata sent with the status (e.g. retry information for RESOURCE_EXHAUSTED).
+    metadata: tuple[tuple[str, str | bytes], ...] = ()
+
     def __init__(self, status: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
         self.status = status
@@ -84,4 +87,4 @@ async def translate_errors(context: grpc.aio.ServicerContext) -> AsyncIterator[N
         raise
     except Exception as exc:  # the boundary: everything unexpected becomes INTERNAL
         error = as_exchange_error(exc)
-        await context.abort(error.status, error.message)
+        await context.abort(error.status, error.message, error.metadata)

@@ -5,13 +5,16 @@ The hub maps it to an `exchange.identity.Identity`. Signing keys are separate fr
 an adapter node signs the documents it releases with its department's Ed25519 key, and the
 registry holds the public half under `key_id_for(public key)`.
 
+The CA records every certificate it issues in its index (exchange/ca_index.py), so an
+identity can be renewed (`renew_identity`: same subject and SANs, new key pair by default)
+and revoked (exchange/revocation.py). The `exchange pki` commands are in exchange/pki_cli.py.
+
 Private keys are created with mode 0600 from the first byte (never chmod-ed afterwards), and
 written to a temporary name first so a crash never leaves a half-written key behind.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import hashlib
 import ipaddress
@@ -27,7 +30,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from exchange.identity import Role
+from exchange.ca_index import (
+    CertificateAuthority,
+    CertificateIndex,
+    IssuedCertificate,
+    format_serial,
+    write_atomically,
+)
+from exchange.revocation import publish_crl, revoke_certificates
 from exchange.tls import TlsFiles
 
 DEFAULT_CA_NAME = "Once-Only Exchange local CA"
@@ -37,20 +47,6 @@ CA_DAYS = 3650
 CLOCK_SKEW = dt.timedelta(minutes=5)
 # Names become file names and DNS SANs, so they are restricted to what is safe as both.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-
-
-@dataclass(frozen=True)
-class CertificateAuthority:
-    """Where a local CA keeps its certificate (ca.pem) and private key (ca.key)."""
-
-    directory: Path
-    cert: Path
-    key: Path
-
-    @classmethod
-    def at(cls, directory: Path) -> CertificateAuthority:
-        """The CA whose files are (or will be) in `directory`."""
-        return cls(directory, directory / "ca.pem", directory / "ca.key")
 
 
 @dataclass(frozen=True)
@@ -66,7 +62,7 @@ def init_ca(directory: Path, common_name: str = DEFAULT_CA_NAME) -> CertificateA
     """Create a new ECDSA P-256 CA in `directory` (ca.pem, ca.key with mode 0600).
 
     Refuses (FileExistsError) when the directory already holds a CA key: replacing it would
-    silently invalidate every certificate it issued.
+    silently invalidate every certificate it issued. Also publishes an empty CRL (ca.crl).
     """
     ca = CertificateAuthority.at(directory)
     if ca.key.exists():
@@ -99,6 +95,7 @@ def init_ca(directory: Path, common_name: str = DEFAULT_CA_NAME) -> CertificateA
     )
     _write_private(ca.key, _pkcs8(key))
     ca.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    publish_crl(directory, now)  # an empty CRL, so verifiers can point at it from day one
     return ca
 
 
@@ -118,25 +115,120 @@ def issue_identity(
     Subject CN=<name>, O=<department>, OU=<role>; SAN DNS <name> plus each host (IP addresses
     as IP SANs). Valid for both client and server authentication, from `not_before` (default:
     now, less a little clock skew) for `days` days. The role is not checked here, so tests can
-    issue certificates the hub must refuse; the CLI only offers the known roles.
+    issue certificates the hub must refuse; the CLI only offers the known roles. The CA's
+    index (exchange/ca_index.py) records the certificate, so it can be renewed and revoked.
     """
     _check_name(name)
     if not role or not department:
         raise ValueError("role and department must not be empty")
     if days < 1:
         raise ValueError(f"days must be at least 1, got {days}")
-    ca = CertificateAuthority.at(ca_dir)
-    ca_cert = x509.load_pem_x509_certificate(ca.cert.read_bytes())
-    ca_key = serialization.load_pem_private_key(ca.key.read_bytes(), password=None)
-    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
-        raise ValueError(f"{ca.key} is not an ECDSA key")
-    key = ec.generate_private_key(ec.SECP256R1())
     start = not_before if not_before is not None else dt.datetime.now(dt.UTC) - CLOCK_SKEW
+    return _issue(
+        CertificateAuthority.at(ca_dir),
+        _Holder(name, role, department, tuple(hosts)),
+        start,
+        dt.timedelta(days=days),
+        ec.generate_private_key(ec.SECP256R1()),
+        out_dir / f"{name}.pem",
+        out_dir / f"{name}.key",
+    )
+
+
+def renew_identity(
+    ca_dir: Path,
+    *,
+    name: str | None = None,
+    serial: int | None = None,
+    days: int | None = None,
+    new_key: bool = True,
+    out_dir: Path | None = None,
+    revoke_previous: bool = False,
+) -> tuple[TlsFiles, IssuedCertificate]:
+    """A new certificate for the same holder: same subject and SANs, new key pair by default.
+
+    The certificate to renew is the one with `serial`, or the newest unrevoked one named
+    `name`. It is written where the previous one was (or to `out_dir`), valid from now for
+    `days` (default: as long as the previous one was). The previous certificate stays valid
+    until it expires, so holders can switch over without a gap, unless `revoke_previous`
+    (reason "superseded"). Returns the files and the record of the certificate replaced.
+    """
+    previous = _certificate_to_renew(CertificateIndex(ca_dir), name, serial)
+    lifetime = (
+        dt.timedelta(days=days)
+        if days is not None
+        else dt.timedelta(days=max(1, round((previous.not_after - previous.not_before).days)))
+    )
+    if lifetime < dt.timedelta(days=1):
+        raise ValueError(f"days must be at least 1, got {days}")
+    cert_path, key_path = Path(previous.certificate), Path(previous.key)
+    if out_dir is not None:
+        cert_path, key_path = out_dir / cert_path.name, out_dir / key_path.name
+    if new_key:
+        key = ec.generate_private_key(ec.SECP256R1())
+    else:
+        loaded = serialization.load_pem_private_key(Path(previous.key).read_bytes(), None)
+        if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{previous.key} is not an ECDSA key")
+        key = loaded
+    holder = _Holder(previous.name, previous.role, previous.department, previous.hosts)
+    start = dt.datetime.now(dt.UTC) - CLOCK_SKEW
+    files = _issue(
+        CertificateAuthority.at(ca_dir), holder, start, lifetime, key, cert_path, key_path
+    )
+    if revoke_previous:
+        revoke_certificates(ca_dir, serial=previous.serial, reason="superseded")
+    return files, previous
+
+
+def _certificate_to_renew(
+    index: CertificateIndex, name: str | None, serial: int | None
+) -> IssuedCertificate:
+    if (name is None) == (serial is None):
+        raise ValueError("give exactly one of a name or a serial")
+    if serial is not None:
+        found = index.find(serial=serial)
+        if not found:
+            raise ValueError(f"serial {format_serial(serial)} is not in this CA's index")
+        return found[0]
+    candidates = [r for r in index.find(name=name) if r.revoked_at is None]
+    if not candidates:
+        raise ValueError(f"this CA holds no unrevoked certificate named {name!r}")
+    holders = {(r.role, r.department) for r in candidates}
+    if len(holders) > 1:
+        raise ValueError(
+            f"several holders are named {name!r} ({', '.join(sorted(map('/'.join, holders)))}); "
+            "renew by --serial"
+        )
+    return candidates[-1]  # the index keeps records oldest first
+
+
+@dataclass(frozen=True)
+class _Holder:
+    """Whom a certificate names: CN, OU, O and the extra SANs."""
+
+    name: str
+    role: str
+    department: str
+    hosts: tuple[str, ...]
+
+
+def _issue(
+    ca: CertificateAuthority,
+    holder: _Holder,
+    start: dt.datetime,
+    lifetime: dt.timedelta,
+    key: ec.EllipticCurvePrivateKey,
+    cert_path: Path,
+    key_path: Path,
+) -> TlsFiles:
+    """Sign a certificate for `holder` and `key`, write both files, record it in the index."""
+    ca_cert = ca.load_certificate()
     subject = x509.Name(
         [
-            x509.NameAttribute(NameOID.COMMON_NAME, name),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, department),
-            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role),
+            x509.NameAttribute(NameOID.COMMON_NAME, holder.name),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, holder.department),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, holder.role),
         ]
     )
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
@@ -147,7 +239,7 @@ def issue_identity(
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
-        .not_valid_after(start + dt.timedelta(days=days))
+        .not_valid_after(start + lifetime)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(cert_sign=False), critical=True)
         .add_extension(
@@ -156,19 +248,21 @@ def issue_identity(
             ),
             critical=False,
         )
-        .add_extension(x509.SubjectAlternativeName(_alt_names(name, hosts)), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName(_alt_names(holder.name, holder.hosts)), critical=False
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
             critical=False,
         )
-        .sign(ca_key, hashes.SHA256())
+        .sign(ca.load_key(), hashes.SHA256())
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = TlsFiles(ca=ca.cert, cert=out_dir / f"{name}.pem", key=out_dir / f"{name}.key")
-    _write_private(files.key, _pkcs8(key))
-    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return files
+    cert_path.parent.mkdir(parents=True, exist_ok=True)
+    _write_private(key_path, _pkcs8(key))
+    write_atomically(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    CertificateIndex(ca.directory).add(cert, cert_path, key_path)
+    return TlsFiles(ca=ca.cert, cert=cert_path, key=key_path)
 
 
 def generate_signing_key(out_dir: Path, name: str) -> SigningKeyFiles:
@@ -273,61 +367,3 @@ def _write_private(path: Path, data: bytes) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-
-
-# --- exchange pki ... -------------------------------------------------------------------------
-
-
-def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `exchange pki init | issue | signing-key`."""
-    pki = subparsers.add_parser("pki", help="local CA, TLS identities and signing keys")
-    commands = pki.add_subparsers(dest="pki_command", required=True, metavar="PKI_COMMAND")
-
-    init = commands.add_parser("init", help="create a local CA (ca.pem, ca.key) in DIR")
-    init.add_argument("--dir", type=Path, required=True, help="CA directory")
-    init.add_argument("--common-name", default=DEFAULT_CA_NAME, help="CA subject common name")
-    init.set_defaults(run=_run_init)
-
-    issue = commands.add_parser("issue", help="issue a TLS identity signed by the CA in DIR")
-    issue.add_argument("--dir", type=Path, required=True, help="CA directory; output goes here")
-    issue.add_argument("--name", required=True, help="common name, also a DNS SAN")
-    issue.add_argument("--role", required=True, choices=[role.value for role in Role])
-    issue.add_argument("--department", required=True, help="department code (EXCHANGE for hub)")
-    issue.add_argument(
-        "--host",
-        action="append",
-        dest="hosts",
-        help=f"extra SAN, DNS name or IP (repeatable; default: {' '.join(DEFAULT_HOSTS)})",
-    )
-    issue.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
-    issue.set_defaults(run=_run_issue)
-
-    signing = commands.add_parser("signing-key", help="create an Ed25519 document signing key")
-    signing.add_argument("--dir", type=Path, required=True, help="output directory")
-    signing.add_argument("--name", required=True, help="file name stem, e.g. the department")
-    signing.set_defaults(run=_run_signing_key)
-
-
-def _run_init(args: argparse.Namespace) -> int:
-    ca = init_ca(args.dir, args.common_name)
-    print(ca.cert)
-    print(ca.key)
-    return 0
-
-
-def _run_issue(args: argparse.Namespace) -> int:
-    hosts = tuple(args.hosts) if args.hosts else DEFAULT_HOSTS
-    files = issue_identity(
-        args.dir, args.dir, args.name, args.role, args.department, hosts, args.days
-    )
-    print(files.cert)
-    print(files.key)
-    return 0
-
-
-def _run_signing_key(args: argparse.Namespace) -> int:
-    files = generate_signing_key(args.dir, args.name)
-    print(files.private)
-    print(files.public)
-    print(f"key id: {files.key_id}")
-    return 0

@@ -1,10 +1,13 @@
 """The gate every call to the hub passes first: who is calling, and may that role call this method.
 
 The TLS handshake has already refused callers without a certificate from our CA. The gate reads
-the verified certificate (exchange/identity.py), checks the caller's role against the one table
-below, checks that a department caller's department is registered, and only then lets the
-handler run, with `CURRENT_IDENTITY` set for it. A request that is too large or does not even
-parse is refused here too, with INVALID_ARGUMENT instead of gRPC's generic INTERNAL.
+the verified certificate (exchange/identity.py), refuses it if the CA has revoked it or it has
+expired since the connection was made (exchange/revocation.py: the CRL is re-read when it
+changes, so a revocation counts on the next call of an open connection), checks the caller's
+role against the one table below, checks that a department caller's department is registered,
+and only then lets the handler run, with `CURRENT_IDENTITY` set for it. A request that is too
+large or does not even parse is refused here too, with INVALID_ARGUMENT instead of gRPC's
+generic INTERNAL.
 
 Every refusal is written to the audit log (EventKind.CALL_REFUSED) before the caller hears it,
 and the caller gets the entry's receipt in the trailing metadata, as for a refused lookup.
@@ -16,6 +19,7 @@ import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import grpc
@@ -32,6 +36,7 @@ from exchange.errors import (
 from exchange.hub.outcomes import failure_metadata, outcome_of
 from exchange.identity import CURRENT_IDENTITY, Identity, Role, identity_from_context
 from exchange.registry.snapshot import RegistrySnapshot
+from exchange.revocation import RevocationList, check_certificate
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +84,12 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no t
         catalogue: Catalogue,
         audit: AuditSink,
         service_roles: Mapping[str, frozenset[Role]] = SERVICE_ROLES,
+        revocations: RevocationList | None = None,
     ) -> None:
         self._catalogue = catalogue
         self._audit = audit
         self._service_roles = service_roles
+        self._revocations = revocations
 
     async def intercept_service(
         self,
@@ -105,6 +112,7 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no t
         identity: Identity | None = None
         try:
             identity = identity_from_context(context)
+            check_certificate(identity, self._revocations, datetime.now(UTC))
             await self._authorise(method, identity)
             if isinstance(request, Unreadable):
                 raise invalid_argument(request.problem)

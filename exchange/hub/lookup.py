@@ -1,12 +1,13 @@
 """LookupService: one certificate about one subject, fetched from its issuer, verified, audited.
 
-The flow (DESIGN.md, "The core flow"): check the request's shape, apply the catalogue and the
-caller's grants (policy.py), fetch from the type's data sources (routing.py), verify what came
-back (verify.py). Every step only raises; `Lookup` is the one boundary that catches, turns the
-result into an outcome, and hands it to `_answer`, which audits it (through `_record`, the one
-place a lookup is written to the log) and then answers: with the document and receipt, or with
-the error status and the receipt in the trailing metadata. No answer leaves before its entry
-is durable.
+The flow (DESIGN.md, "The core flow"): check the request's shape, admit it within the
+department's quota (exchange/quota.py), apply the catalogue, the caller's grants, delegation
+and consent (policy.py), spend a single-use consent, fetch from the type's data sources
+(routing.py), verify what came back (verify.py). Every step only raises; `Lookup` is the one
+boundary that catches, turns the result into an outcome, and hands it to `_answer`, which
+audits it (through `_record`, the one place a lookup is written to the log) and then answers:
+with the document and receipt, or with the error status, the receipt (and, over quota, when
+to retry) in the trailing metadata. No answer leaves before its entry is durable.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import grpc
 
 from audit.events import AuditEvent, AuditSink, EventKind, SubjectId
+from exchange.consent_uses import ConsentUses
 from exchange.errors import ExchangeError, as_exchange_error
 from exchange.hub.gate import Catalogue
 from exchange.hub.outcomes import failure_metadata, outcome_of
@@ -29,6 +31,7 @@ from exchange.hub.policy import (
     MAX_CODE,
     MAX_REQUEST_ID,
     MAX_TEXT,
+    CheckedRequest,
     certificate_type_for,
     check_request,
     decide,
@@ -37,6 +40,9 @@ from exchange.hub.policy import (
 from exchange.hub.routing import Router
 from exchange.hub.verify import Expected, IntegrityError, payload_digest, verify_document
 from exchange.identity import current_identity
+from exchange.quota import Quotas
+from exchange.registry.model import UNLIMITED
+from exchange.registry.snapshot import RegistrySnapshot
 from exchange.v1 import adapter_pb2, common_pb2, lookup_pb2, lookup_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -57,6 +63,7 @@ class _Trail:
     subject: SubjectId | None = None
     issuer: str = ""
     grant_id: str = ""
+    consent_ref: str = ""  # the consent_id of a verified consent
 
     def event(
         self,
@@ -82,6 +89,7 @@ class _Trail:
             purpose=request.purpose[:MAX_CODE],
             matter_id=request.matter_id[:MAX_TEXT],
             grant_id=self.grant_id,
+            consent_ref=self.consent_ref,
             delegation_id=request.delegation_id[:MAX_TEXT],
             reason=reason,
             request_id=self.request_id,
@@ -110,11 +118,16 @@ class LookupServicer(lookup_pb2_grpc.LookupServiceServicer):
         audit: AuditSink,
         router: Router,
         default_deadline_seconds: float = 30.0,
+        *,
+        consent_uses: ConsentUses,
+        quotas: Quotas | None = None,
     ) -> None:
         self._catalogue = catalogue
         self._audit = audit
         self._router = router
         self._default_deadline = default_deadline_seconds
+        self._consent_uses = consent_uses
+        self._quotas = quotas or Quotas()
 
     async def Lookup(
         self, request: lookup_pb2.LookupRequest, context: Any
@@ -154,10 +167,22 @@ class LookupServicer(lookup_pb2_grpc.LookupServiceServicer):
         checked = check_request(request, trail.request_id)
         trail.subject = checked.subject
         snapshot = await self._catalogue.snapshot()
+        department = snapshot.department(trail.department)
+        quota = department.quota if department is not None else UNLIMITED
+        with self._quotas.admit(trail.department, quota):
+            return await self._within_quota(snapshot, checked, trail, deadline)
+
+    async def _within_quota(
+        self, snapshot: RegistrySnapshot, checked: CheckedRequest, trail: _Trail, deadline: float
+    ) -> _Outcome:
         certificate_type = certificate_type_for(snapshot, checked)
         trail.issuer = certificate_type.issuing_department
-        release = decide(snapshot, certificate_type, checked, trail.department, datetime.now(UTC))
+        now = datetime.now(UTC)
+        release = decide(snapshot, certificate_type, checked, trail.department, now)
         trail.grant_id = release.grant.id
+        if release.consent is not None:
+            trail.consent_ref = release.consent.consent_id
+            await self._consent_uses.spend(release.consent, now)
         subject = common_pb2.Subject(
             kind=common_pb2.SubjectKind.Value(checked.subject.kind), id=checked.subject.id
         )
@@ -206,7 +231,7 @@ class LookupServicer(lookup_pb2_grpc.LookupServiceServicer):
         await context.abort(
             outcome.error.status,
             outcome.error.message,
-            failure_metadata(receipt, outcome.request_id),
+            (*failure_metadata(receipt, outcome.request_id), *outcome.error.metadata),
         )
         raise AssertionError("unreachable: context.abort raises")
 

@@ -1,9 +1,11 @@
 """What one lookup may release: the request checked for shape, then against the catalogue.
 
 `check_request` refuses malformed requests before anything is looked up; `decide` applies the
-catalogue (type, sharing class), the caller's grants (in force now, for the purpose) and the
-consent rule, and says which grant releases which fields. Requested fields outside the grant
-are withheld, not refused: the released document shows what was released.
+catalogue (type, sharing class), the caller's grants (in force now, for the purpose), the
+delegation the operator acts under (代办), and the consent rule for conditional types, and says
+which grant releases which fields. Requested fields outside the grant are withheld, not
+refused: the released document shows what was released. A consent is only verified here;
+spending a single-use one (exchange/consent_uses.py) is the lookup's last step before routing.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from audit.events import SubjectId
+from exchange.consent import Consent, verify_consent
 from exchange.errors import invalid_argument, not_found, permission_denied
-from exchange.registry.model import CertificateType, Grant
+from exchange.registry.model import CertificateType, Delegation, Grant
 from exchange.registry.snapshot import RegistrySnapshot
 from exchange.subject import validate_subject
 from exchange.v1 import lookup_pb2
@@ -50,6 +53,8 @@ class Release:
     certificate_type: CertificateType
     grant: Grant
     fields: tuple[str, ...]
+    consent: Consent | None = None  # verified, for a conditional type
+    delegation: Delegation | None = None  # checked, when the request names one
 
 
 def request_id_of(request: lookup_pb2.LookupRequest) -> str:
@@ -126,12 +131,6 @@ def decide(
         raise permission_denied(
             f"purpose {request.purpose!r} is not granted to department {department!r} on {code!r}"
         )
-    if certificate_type.sharing_class == "CONDITIONAL":
-        _require_consent(code, request)
-    if request.delegation_id:
-        # Delegations (代办) are verified in a later issue; an unverified claim to act for
-        # someone must neither release data nor stand in the audit log as if it were checked.
-        raise permission_denied("delegations are not yet accepted")
     # Several grants may cover the purpose: rest on the one releasing most of what was asked.
     grant = max(for_purpose, key=lambda g: len(_released(g, request.fields)))
     fields = _released(grant, request.fields)
@@ -139,7 +138,53 @@ def decide(
         raise permission_denied(
             f"none of the requested fields is granted to department {department!r} on {code!r}"
         )
-    return Release(certificate_type=certificate_type, grant=grant, fields=fields)
+    delegation = _delegation(snapshot, request, code, now) if request.delegation_id else None
+    consent = None
+    if certificate_type.sharing_class == "CONDITIONAL":
+        consent = _consent(snapshot, request, code, department, now)
+    return Release(certificate_type, grant, fields, consent=consent, delegation=delegation)
+
+
+def _delegation(
+    snapshot: RegistrySnapshot, request: CheckedRequest, code: str, now: datetime
+) -> Delegation:
+    """The registered delegation the operator acts under, if it covers this lookup now."""
+    name = request.delegation_id
+    delegation = snapshot.delegation(name)
+    if delegation is None:
+        raise permission_denied(f"delegation {name!r} is not registered")
+    if delegation.principal != request.subject:
+        raise permission_denied(f"delegation {name!r} is for another principal")
+    if delegation.revoked:
+        raise permission_denied(f"delegation {name!r} is revoked")
+    if not delegation.is_valid_at(now):
+        raise permission_denied(f"delegation {name!r} is not in force")
+    if not delegation.covers(code, request.purpose):
+        raise permission_denied(
+            f"delegation {name!r} does not cover {code!r} for {request.purpose!r}"
+        )
+    return delegation
+
+
+def _consent(
+    snapshot: RegistrySnapshot,
+    request: CheckedRequest,
+    code: str,
+    department: str,
+    now: datetime,
+) -> Consent:
+    """The request's consent token, verified to bind this subject, department, type, purpose."""
+    if not request.consent_token:
+        raise permission_denied(f"consent required: {code!r} is shared only with consent")
+    return verify_consent(
+        request.consent_token,
+        snapshot,
+        now,
+        subject=request.subject,
+        department=department,
+        certificate_type=code,
+        purpose=request.purpose,
+    )
 
 
 def _released(grant: Grant, requested: tuple[str, ...]) -> tuple[str, ...]:
@@ -147,14 +192,6 @@ def _released(grant: Grant, requested: tuple[str, ...]) -> tuple[str, ...]:
         return grant.fields
     granted = set(grant.fields)
     return tuple(name for name in requested if name in granted)
-
-
-def _require_consent(code: str, request: CheckedRequest) -> None:
-    # Consent tokens (their issuer, format and binding) are a later issue; until then a
-    # conditional type is never released, with or without a token.
-    if not request.consent_token:
-        raise permission_denied(f"consent required: {code!r} is shared only with consent")
-    raise permission_denied("consent tokens are not yet accepted")
 
 
 def _text(name: str, value: str, limit: int, *, required: bool = False) -> None:

@@ -3,7 +3,7 @@
 `build_hub(config)` wires the parts; `await hub.start()` migrates the database, opens the audit
 log and binds the mTLS port; `await hub.stop(grace)` stops accepting calls, lets calls in flight
 finish, then closes adapter channels and flushes the audit log. Interceptor order: the gate is
-the only one, and it runs before every handler (identity, role, audit of refusals).
+the only one, and it runs before every handler (identity, revocation, role, audit of refusals).
 """
 
 from __future__ import annotations
@@ -23,12 +23,15 @@ from audit.kafka_relay import KafkaRelay
 from audit.log import AuditLog
 from audit.service import AuditServicer
 from exchange.config import HubConfig
+from exchange.consent_uses import ConsentUses
 from exchange.db import make_engine, upgrade
 from exchange.hub.gate import Gate
 from exchange.hub.lookup import LookupServicer
 from exchange.hub.routing import MAX_MESSAGE_BYTES, Router
+from exchange.quota import Quotas
 from exchange.registry.service import RegistryServicer
 from exchange.registry.store import RegistryStore
+from exchange.revocation import RevocationList, revocation_list_for
 from exchange.tls import server_credentials
 from exchange.v1 import (
     audit_pb2,
@@ -86,7 +89,10 @@ class Hub:
                 self.relay = KafkaRelay(engine, kafka["bootstrap_servers"], kafka["topic"])
                 await self.relay.start()
             self._router = Router(self.config.tls, self.config.lookup.adapter_timeout_seconds)
-            self._server = self._build_server(self.registry, self.audit, self._router)
+            revocations = revocation_list_for(self.config.tls.ca, self.config.crl)
+            self._server = self._build_server(
+                self.registry, self.audit, self._router, revocations, ConsentUses(engine)
+            )
             self.port = self._bind(self._server)
             await self._server.start()
             await self._mark_serving()
@@ -108,17 +114,29 @@ class Hub:
         return port
 
     def _build_server(
-        self, registry: RegistryStore, audit: AuditLog, router: Router
+        self,
+        registry: RegistryStore,
+        audit: AuditLog,
+        router: Router,
+        revocations: RevocationList,
+        consent_uses: ConsentUses,
     ) -> grpc.aio.Server:
         server = grpc.aio.server(
-            interceptors=[Gate(registry, audit)],
+            interceptors=[Gate(registry, audit, revocations=revocations)],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ],
         )
         lookup_pb2_grpc.add_LookupServiceServicer_to_server(
-            LookupServicer(registry, audit, router, self.config.lookup.default_deadline_seconds),
+            LookupServicer(
+                registry,
+                audit,
+                router,
+                self.config.lookup.default_deadline_seconds,
+                consent_uses=consent_uses,
+                quotas=Quotas(),
+            ),
             server,
         )
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(

@@ -1,4 +1,5 @@
-"""The registry: the catalogue of departments, certificate types, data sources and grants.
+"""The registry: the catalogue of departments, certificate types, data sources and grants,
+consent issuers and delegations.
 
 `RegistryStore` validates and stores changes and hands the hub cached `RegistrySnapshot`s;
 `RegistryServicer` (exchange.registry.service) serves it to administrators over gRPC.
@@ -6,10 +7,13 @@
 
 from exchange.registry.model import (
     CertificateType,
+    ConsentIssuer,
     DataSource,
+    Delegation,
     Department,
     FieldSpec,
     Grant,
+    Quota,
     Record,
     SigningKey,
     to_json,
@@ -19,10 +23,13 @@ from exchange.registry.store import RegistryStore
 
 __all__ = [
     "CertificateType",
+    "ConsentIssuer",
     "DataSource",
+    "Delegation",
     "Department",
     "FieldSpec",
     "Grant",
+    "Quota",
     "Record",
     "RegistrySnapshot",
     "RegistryStore",

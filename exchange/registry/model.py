@@ -1,5 +1,8 @@
 """The registry's records as frozen dataclasses, and their proto and JSON forms.
 
+Departments (with their document signing keys and lookup quota), certificate types, data
+sources and grants; consent issuers and delegations (proxy handling, 代办).
+
 Enums are kept as their proto names ("UNCONDITIONAL", "RESIDENT_ID"); a number the proto does
 not define becomes its decimal string, so validation can name it instead of the conversion
 failing. Datetimes are timezone-aware UTC; None means "open on that side".
@@ -17,6 +20,7 @@ from typing import Any, TypeVar
 
 from google.protobuf import timestamp_pb2
 
+from audit.events import SubjectId
 from exchange.v1 import common_pb2, registry_pb2
 
 ED25519 = "Ed25519"
@@ -88,12 +92,43 @@ class SigningKey:
 
 
 @dataclass(frozen=True)
+class Quota:
+    """Limits on a department's lookups; 0 means unlimited on that count."""
+
+    requests_per_second: int = 0
+    burst: int = 0
+    max_concurrent: int = 0
+
+    @property
+    def limited(self) -> bool:
+        """Whether any limit is set."""
+        return bool(self.requests_per_second or self.max_concurrent)
+
+    @classmethod
+    def from_proto(cls, message: registry_pb2.Quota) -> Quota:
+        """The limits a Quota message describes (not validated)."""
+        return cls(message.requests_per_second, message.burst, message.max_concurrent)
+
+    def to_proto(self) -> registry_pb2.Quota:
+        """These limits as a Quota message."""
+        return registry_pb2.Quota(
+            requests_per_second=self.requests_per_second,
+            burst=self.burst,
+            max_concurrent=self.max_concurrent,
+        )
+
+
+UNLIMITED = Quota()
+
+
+@dataclass(frozen=True)
 class Department:
     """A department: its code is also the O= of its certificates."""
 
     code: str
     name: str
     signing_keys: tuple[SigningKey, ...] = ()
+    quota: Quota = UNLIMITED
 
     @classmethod
     def from_proto(cls, message: registry_pb2.Department) -> Department:
@@ -102,14 +137,16 @@ class Department:
             code=message.code,
             name=message.name,
             signing_keys=tuple(SigningKey.from_proto(key) for key in message.signing_keys),
+            quota=Quota.from_proto(message.quota),
         )
 
     def to_proto(self) -> registry_pb2.Department:
-        """This department as a Department message."""
+        """This department as a Department message (no quota message when unlimited)."""
         return registry_pb2.Department(
             code=self.code,
             name=self.name,
             signing_keys=[key.to_proto() for key in self.signing_keys],
+            quota=self.quota.to_proto() if self.quota != UNLIMITED else None,
         )
 
 
@@ -239,11 +276,113 @@ class Grant:
         )
 
 
-Record = Department | CertificateType | DataSource | Grant
+@dataclass(frozen=True)
+class ConsentIssuer:
+    """Who may sign consent tokens (e.g. the citizen portal), with its public keys."""
+
+    id: str
+    name: str
+    signing_keys: tuple[SigningKey, ...] = ()
+
+    @classmethod
+    def from_proto(cls, message: registry_pb2.ConsentIssuer) -> ConsentIssuer:
+        """The record a ConsentIssuer message describes (not validated)."""
+        return cls(
+            id=message.id,
+            name=message.name,
+            signing_keys=tuple(SigningKey.from_proto(key) for key in message.signing_keys),
+        )
+
+    def to_proto(self) -> registry_pb2.ConsentIssuer:
+        """This issuer as a ConsentIssuer message."""
+        return registry_pb2.ConsentIssuer(
+            id=self.id, name=self.name, signing_keys=[key.to_proto() for key in self.signing_keys]
+        )
+
+
+@dataclass(frozen=True)
+class Delegation:
+    """Proxy handling (代办): an agent may ask for a principal's records, within a scope."""
+
+    id: str
+    principal: SubjectId
+    agent: SubjectId
+    certificate_types: tuple[str, ...] = ()  # empty: any type
+    purposes: tuple[str, ...] = ()  # empty: any purpose
+    valid_from: datetime | None = None
+    valid_until: datetime | None = None
+    revoked: bool = False
+
+    def is_valid_at(self, when: datetime) -> bool:
+        """Whether the delegation is in force at `when`: not revoked, inside its window."""
+        return not self.revoked and _within(when, self.valid_from, self.valid_until)
+
+    def covers(self, certificate_type: str, purpose: str) -> bool:
+        """Whether the agent may ask for `certificate_type` for `purpose` under it."""
+        return (not self.certificate_types or certificate_type in self.certificate_types) and (
+            not self.purposes or purpose in self.purposes
+        )
+
+    def audit_view(self) -> Delegation:
+        """A copy for the audit log's change records, which keep no subject id in clear.
+
+        The entry itself carries the principal pseudonymised and encrypted (AuditEvent.subject);
+        the ids in the change JSON keep their last four characters, enough to tell records apart.
+        """
+        return dataclasses.replace(
+            self, principal=_masked(self.principal), agent=_masked(self.agent)
+        )
+
+    @classmethod
+    def from_proto(cls, message: registry_pb2.Delegation) -> Delegation:
+        """The record a Delegation message describes (not validated)."""
+        return cls(
+            id=message.id,
+            principal=_subject_from_proto(message.principal),
+            agent=_subject_from_proto(message.agent),
+            certificate_types=tuple(message.certificate_types),
+            purposes=tuple(message.purposes),
+            valid_from=_from_timestamp(message, "valid_from"),
+            valid_until=_from_timestamp(message, "valid_until"),
+            revoked=message.revoked,
+        )
+
+    def to_proto(self) -> registry_pb2.Delegation:
+        """This delegation as a Delegation message."""
+        return registry_pb2.Delegation(
+            id=self.id,
+            principal=_subject_to_proto(self.principal),
+            agent=_subject_to_proto(self.agent),
+            certificate_types=self.certificate_types,
+            purposes=self.purposes,
+            valid_from=_to_timestamp(self.valid_from),
+            valid_until=_to_timestamp(self.valid_until),
+            revoked=self.revoked,
+        )
+
+
+def _subject_from_proto(message: common_pb2.Subject) -> SubjectId:
+    return SubjectId(_enum_name(common_pb2.SubjectKind.Name, message.kind), message.id)
+
+
+def _subject_to_proto(subject: SubjectId) -> common_pb2.Subject:
+    return common_pb2.Subject(kind=common_pb2.SubjectKind.Value(subject.kind), id=subject.id)
+
+
+def _masked(subject: SubjectId) -> SubjectId:
+    return SubjectId(subject.kind, "*" * max(0, len(subject.id) - 4) + subject.id[-4:])
+
+
+Record = Department | CertificateType | DataSource | Grant | ConsentIssuer | Delegation
 
 
 def to_json(record: Record | SigningKey | FieldSpec) -> str:
-    """The record as stable JSON (sorted keys; bytes as base64; datetimes ISO 8601), for audit."""
+    """The record as stable JSON (sorted keys; bytes as base64; datetimes ISO 8601), for audit.
+
+    A record with an `audit_view()` (a delegation) is written as that view.
+    """
+    if isinstance(record, Delegation):
+        record = record.audit_view()
     return json.dumps(dataclasses.asdict(record), sort_keys=True, default=_json_value)
 
 

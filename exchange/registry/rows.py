@@ -12,18 +12,25 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from audit.events import SubjectId
 from exchange.registry.model import (
     CertificateType,
+    ConsentIssuer,
     DataSource,
+    Delegation,
     Department,
     FieldSpec,
     Grant,
+    Quota,
     Record,
     SigningKey,
 )
 from exchange.registry.tables import (
     certificate_types,
+    consent_issuer_keys,
+    consent_issuers,
     data_sources,
+    delegations,
     departments,
     grants,
     registry_version,
@@ -42,15 +49,48 @@ def bump_version(conn: sa.Connection) -> None:
 
 
 def load_departments(conn: sa.Connection, code: str | None = None) -> list[Department]:
-    """Departments (one, when `code` is given) with their signing keys, by code."""
+    """Departments (one, when `code` is given) with their signing keys and quota, by code."""
     query = sa.select(departments).order_by(departments.c.code)
-    key_query = sa.select(signing_keys).order_by(signing_keys.c.department, signing_keys.c.position)
     if code is not None:
         query = query.where(departments.c.code == code)
-        key_query = key_query.where(signing_keys.c.department == code)
+    keys = _load_keys(conn, signing_keys, signing_keys.c.department, code)
+    return [
+        Department(
+            code=row["code"],
+            name=row["name"],
+            signing_keys=tuple(keys[row["code"]]),
+            quota=Quota(
+                requests_per_second=row["quota_requests_per_second"],
+                burst=row["quota_burst"],
+                max_concurrent=row["quota_max_concurrent"],
+            ),
+        )
+        for row in conn.execute(query).mappings()
+    ]
+
+
+def load_consent_issuers(conn: sa.Connection, id: str | None = None) -> list[ConsentIssuer]:
+    """Consent issuers (one, when `id` is given) with their signing keys, by id."""
+    query = sa.select(consent_issuers).order_by(consent_issuers.c.id)
+    if id is not None:
+        query = query.where(consent_issuers.c.id == id)
+    keys = _load_keys(conn, consent_issuer_keys, consent_issuer_keys.c.issuer, id)
+    return [
+        ConsentIssuer(id=row["id"], name=row["name"], signing_keys=tuple(keys[row["id"]]))
+        for row in conn.execute(query).mappings()
+    ]
+
+
+def _load_keys(
+    conn: sa.Connection, table: sa.Table, owner: sa.Column[str], only: str | None
+) -> defaultdict[str, list[SigningKey]]:
+    """Signing keys by owner, in the order the administrator listed them."""
+    query = sa.select(table).order_by(owner, table.c.position)
+    if only is not None:
+        query = query.where(owner == only)
     keys: defaultdict[str, list[SigningKey]] = defaultdict(list)
-    for row in conn.execute(key_query).mappings():
-        keys[row["department"]].append(
+    for row in conn.execute(query).mappings():
+        keys[row[owner.name]].append(
             SigningKey(
                 key_id=row["key_id"],
                 public_key=bytes(row["public_key"]),
@@ -59,10 +99,7 @@ def load_departments(conn: sa.Connection, code: str | None = None) -> list[Depar
                 not_after=row["not_after"],
             )
         )
-    return [
-        Department(code=row["code"], name=row["name"], signing_keys=tuple(keys[row["code"]]))
-        for row in conn.execute(query).mappings()
-    ]
+    return keys
 
 
 def load_certificate_types(conn: sa.Connection, code: str | None = None) -> list[CertificateType]:
@@ -133,12 +170,40 @@ def load_grants(
     ]
 
 
+def load_delegations(conn: sa.Connection, id: str | None = None) -> list[Delegation]:
+    """Delegations (one, when `id` is given), by id; revoked ones included."""
+    query = sa.select(delegations).order_by(delegations.c.id)
+    if id is not None:
+        query = query.where(delegations.c.id == id)
+    return [
+        Delegation(
+            id=row["id"],
+            principal=SubjectId(row["principal_kind"], row["principal_id"]),
+            agent=SubjectId(row["agent_kind"], row["agent_id"]),
+            certificate_types=tuple(json.loads(row["certificate_types"])),
+            purposes=tuple(json.loads(row["purposes"])),
+            valid_from=row["valid_from"],
+            valid_until=row["valid_until"],
+            revoked=bool(row["revoked"]),
+        )
+        for row in conn.execute(query).mappings()
+    ]
+
+
 def signing_key_owners(conn: sa.Connection, key_ids: Sequence[str]) -> dict[str, str]:
-    """For each of `key_ids` already registered: the department holding it."""
-    query = sa.select(signing_keys.c.key_id, signing_keys.c.department).where(
-        signing_keys.c.key_id.in_(key_ids)
-    )
-    return {key_id: department for key_id, department in conn.execute(query)}
+    """For each of `key_ids` already registered: who holds it ("department 'PSB'", ...).
+
+    Document signing keys and consent keys share one key-id space: one key, one purpose.
+    """
+    owners: dict[str, str] = {}
+    for table, owner, label in (
+        (signing_keys, signing_keys.c.department, "department"),
+        (consent_issuer_keys, consent_issuer_keys.c.issuer, "consent issuer"),
+    ):
+        query = sa.select(table.c.key_id, owner).where(table.c.key_id.in_(key_ids))
+        for key_id, holder in conn.execute(query):
+            owners[key_id] = f"{label} {holder!r}"
+    return owners
 
 
 def save(conn: sa.Connection, record: Record, *, new: bool) -> None:
@@ -149,25 +214,37 @@ def save(conn: sa.Connection, record: Record, *, new: bool) -> None:
     else:
         conn.execute(table.update().where(key == row[key.name]).values(row))
     if isinstance(record, Department):
-        _replace_signing_keys(conn, record)
+        _replace_keys(
+            conn, signing_keys, signing_keys.c.department, record.code, record.signing_keys
+        )
+    elif isinstance(record, ConsentIssuer):
+        _replace_keys(
+            conn, consent_issuer_keys, consent_issuer_keys.c.issuer, record.id, record.signing_keys
+        )
 
 
-def _replace_signing_keys(conn: sa.Connection, department: Department) -> None:
-    conn.execute(signing_keys.delete().where(signing_keys.c.department == department.code))
-    if department.signing_keys:
+def _replace_keys(
+    conn: sa.Connection,
+    table: sa.Table,
+    owner: sa.Column[str],
+    holder: str,
+    keys: Sequence[SigningKey],
+) -> None:
+    conn.execute(table.delete().where(owner == holder))
+    if keys:
         conn.execute(
-            signing_keys.insert(),
+            table.insert(),
             [
                 {
                     "key_id": key.key_id,
-                    "department": department.code,
+                    owner.name: holder,
                     "position": position,
                     "public_key": key.public_key,
                     "algorithm": key.algorithm,
                     "not_before": key.not_before,
                     "not_after": key.not_after,
                 }
-                for position, key in enumerate(department.signing_keys)
+                for position, key in enumerate(keys)
             ],
         )
 
@@ -176,7 +253,36 @@ def _row(record: Record) -> tuple[sa.Table, sa.Column[str], dict[str, Any]]:
     """The table a record lives in, its key column, and the record as that table's row."""
     match record:
         case Department():
-            return departments, departments.c.code, {"code": record.code, "name": record.name}
+            return (
+                departments,
+                departments.c.code,
+                {
+                    "code": record.code,
+                    "name": record.name,
+                    "quota_requests_per_second": record.quota.requests_per_second,
+                    "quota_burst": record.quota.burst,
+                    "quota_max_concurrent": record.quota.max_concurrent,
+                },
+            )
+        case ConsentIssuer():
+            return consent_issuers, consent_issuers.c.id, {"id": record.id, "name": record.name}
+        case Delegation():
+            return (
+                delegations,
+                delegations.c.id,
+                {
+                    "id": record.id,
+                    "principal_kind": record.principal.kind,
+                    "principal_id": record.principal.id,
+                    "agent_kind": record.agent.kind,
+                    "agent_id": record.agent.id,
+                    "certificate_types": json.dumps(list(record.certificate_types)),
+                    "purposes": json.dumps(list(record.purposes)),
+                    "valid_from": record.valid_from,
+                    "valid_until": record.valid_until,
+                    "revoked": record.revoked,
+                },
+            )
         case CertificateType():
             fields = [{"name": f.name, "description": f.description} for f in record.fields]
             return (

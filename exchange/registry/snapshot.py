@@ -9,7 +9,15 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 
-from exchange.registry.model import CertificateType, DataSource, Department, Grant, SigningKey
+from exchange.registry.model import (
+    CertificateType,
+    ConsentIssuer,
+    DataSource,
+    Delegation,
+    Department,
+    Grant,
+    SigningKey,
+)
 
 
 class RegistrySnapshot:
@@ -22,12 +30,21 @@ class RegistrySnapshot:
         certificate_types: Iterable[CertificateType],
         data_sources: Iterable[DataSource],
         grants: Iterable[Grant],
+        consent_issuers: Iterable[ConsentIssuer] = (),
+        delegations: Iterable[Delegation] = (),
     ) -> None:
         self.version = version
         self.departments = tuple(departments)
         self.certificate_types = tuple(certificate_types)
         self.data_sources = tuple(data_sources)
         self.grants = tuple(grants)
+        self.consent_issuers = tuple(consent_issuers)
+        self.delegations = tuple(delegations)
+        self._consent_issuers = {i.id: i for i in self.consent_issuers}
+        self._consent_keys = {
+            (i.id, key.key_id): key for i in self.consent_issuers for key in i.signing_keys
+        }
+        self._delegations = {d.id: d for d in self.delegations}
         self._departments = {d.code: d for d in self.departments}
         self._certificate_types = {t.code: t for t in self.certificate_types}
         self._signing_keys = {
@@ -63,3 +80,15 @@ class RegistrySnapshot:
     def signing_key(self, department: str, key_id: str) -> SigningKey | None:
         """The key `key_id` if `department` registered it (in its window or not)."""
         return self._signing_keys.get((department, key_id))
+
+    def consent_issuer(self, id: str) -> ConsentIssuer | None:
+        """The registered consent issuer with this id, if any."""
+        return self._consent_issuers.get(id)
+
+    def consent_key(self, issuer: str, key_id: str) -> SigningKey | None:
+        """The key `key_id` if consent issuer `issuer` registered it (in its window or not)."""
+        return self._consent_keys.get((issuer, key_id))
+
+    def delegation(self, id: str) -> Delegation | None:
+        """The delegation with this id (revoked or not), if any."""
+        return self._delegations.get(id)

@@ -22,14 +22,24 @@ from typing import Generic, TypeVar
 
 import sqlalchemy as sa
 
-from exchange.errors import already_exists, invalid_argument, not_found, unavailable
-from exchange.registry import rows
-from exchange.registry.model import CertificateType, DataSource, Department, Grant, Record
+from exchange.errors import already_exists, not_found, unavailable
+from exchange.registry import references, rows
+from exchange.registry.model import (
+    CertificateType,
+    ConsentIssuer,
+    DataSource,
+    Delegation,
+    Department,
+    Grant,
+    Record,
+)
 from exchange.registry.snapshot import RegistrySnapshot
 from exchange.registry.validation import (
     check_code,
     checked_certificate_type,
+    checked_consent_issuer,
     checked_data_source,
+    checked_delegation,
     checked_department,
     checked_grant,
 )
@@ -125,6 +135,42 @@ class RegistryStore:
         with self._engine.connect() as conn:
             return rows.load_grants(conn, requesting_department=requesting_department or None)
 
+    # Consent issuers
+
+    def register_consent_issuer(self, issuer: ConsentIssuer) -> ConsentIssuer:
+        """Store a new consent issuer with its signing keys (key ids derived when empty)."""
+        return self._register(_CONSENT_ISSUER, issuer)
+
+    def update_consent_issuer(self, issuer: ConsentIssuer) -> tuple[ConsentIssuer, ConsentIssuer]:
+        """Replace a consent issuer's name and keys (key rotation); returns (before, after)."""
+        return self._update(_CONSENT_ISSUER, issuer)
+
+    def list_consent_issuers(self) -> list[ConsentIssuer]:
+        """Every consent issuer, by id."""
+        with self._engine.connect() as conn:
+            return rows.load_consent_issuers(conn)
+
+    # Delegations
+
+    def register_delegation(self, delegation: Delegation) -> Delegation:
+        """Store a new delegation; its id is assigned when empty."""
+        if not delegation.id:
+            delegation = dataclasses.replace(delegation, id=f"d-{uuid.uuid4().hex[:12]}")
+        return self._register(_DELEGATION, delegation)
+
+    def update_delegation(self, delegation: Delegation) -> tuple[Delegation, Delegation]:
+        """Replace a delegation's scope, window or revocation; returns (before, after).
+
+        Its principal and agent are fixed, and a revoked delegation stays revoked: a new
+        authority is a new delegation, so the record of the old one stays as it was.
+        """
+        return self._update(_DELEGATION, delegation)
+
+    def list_delegations(self) -> list[Delegation]:
+        """Every delegation, revoked ones included, by id."""
+        with self._engine.connect() as conn:
+            return rows.load_delegations(conn)
+
     # Snapshots
 
     async def snapshot(self) -> RegistrySnapshot:
@@ -154,6 +200,8 @@ class RegistryStore:
                     rows.load_certificate_types(conn),
                     rows.load_data_sources(conn),
                     rows.load_grants(conn),
+                    rows.load_consent_issuers(conn),
+                    rows.load_delegations(conn),
                 )
                 # Every change bumps the version, so an unchanged version means no change
                 # committed while the tables were read: they are one consistent state.
@@ -189,112 +237,45 @@ class RegistryStore:
             yield conn
 
 
-def _require_department(conn: sa.Connection, path: str, code: str) -> None:
-    if not rows.load_departments(conn, code):
-        raise invalid_argument(f"{path}: unknown department {code!r}")
-
-
-def _require_certificate_type(conn: sa.Connection, path: str, code: str) -> CertificateType:
-    found = rows.load_certificate_types(conn, code)
-    if not found:
-        raise invalid_argument(f"{path}: unknown certificate type {code!r}")
-    return found[0]
-
-
-def _department_references(
-    conn: sa.Connection, department: Department, _before: Department | None
-) -> None:
-    owners = rows.signing_key_owners(conn, [key.key_id for key in department.signing_keys])
-    for i, key in enumerate(department.signing_keys):
-        owner = owners.get(key.key_id)
-        if owner is not None and owner != department.code:
-            raise already_exists(
-                f"department.signing_keys[{i}].key_id: key {key.key_id!r} is already "
-                f"registered to department {owner!r}"
-            )
-
-
-def _certificate_type_references(
-    conn: sa.Connection, certificate_type: CertificateType, before: CertificateType | None
-) -> None:
-    department = certificate_type.issuing_department
-    _require_department(conn, "certificate_type.issuing_department", department)
-    if before is None:
-        return
-    # Keep the catalogue consistent: grants only name fields the type has, and data sources
-    # only serve types their own department issues.
-    fields = set(certificate_type.field_names())
-    for grant in rows.load_grants(conn, certificate_type=certificate_type.code):
-        for name in grant.fields:
-            if name not in fields:
-                raise invalid_argument(
-                    f"certificate_type.fields: {name!r} is still granted by grant "
-                    f"{grant.id!r}; update that grant first"
-                )
-    for source in rows.load_data_sources(conn):
-        if certificate_type.code in source.certificate_types and (
-            source.issuing_department != department
-        ):
-            raise invalid_argument(
-                f"certificate_type.issuing_department: data source {source.id!r} of department "
-                f"{source.issuing_department!r} serves this type; update that data source first"
-            )
-
-
-def _data_source_references(
-    conn: sa.Connection, data_source: DataSource, _before: DataSource | None
-) -> None:
-    department = data_source.issuing_department
-    _require_department(conn, "data_source.issuing_department", department)
-    for i, code in enumerate(data_source.certificate_types):
-        path = f"data_source.certificate_types[{i}]"
-        certificate_type = _require_certificate_type(conn, path, code)
-        if certificate_type.issuing_department != department:
-            raise invalid_argument(
-                f"{path}: {code!r} is issued by department "
-                f"{certificate_type.issuing_department!r}, not by {department!r}"
-            )
-
-
-def _grant_references(conn: sa.Connection, grant: Grant, _before: Grant | None) -> None:
-    _require_department(conn, "grant.requesting_department", grant.requesting_department)
-    certificate_type = _require_certificate_type(
-        conn, "grant.certificate_type", grant.certificate_type
-    )
-    schema = set(certificate_type.field_names())
-    for name in grant.fields:
-        if name not in schema:
-            raise invalid_argument(
-                f"grant.fields: {name!r} is not a field of certificate type "
-                f"{certificate_type.code!r}"
-            )
-
-
 _DEPARTMENT = _Kind[Department](
     "department",
     lambda d: d.code,
     checked_department,
     rows.load_departments,
-    _department_references,
+    references.department_references,
 )
 _CERTIFICATE_TYPE = _Kind[CertificateType](
     "certificate type",
     lambda t: t.code,
     checked_certificate_type,
     rows.load_certificate_types,
-    _certificate_type_references,
+    references.certificate_type_references,
 )
 _DATA_SOURCE = _Kind[DataSource](
     "data source",
     lambda s: s.id,
     checked_data_source,
     rows.load_data_sources,
-    _data_source_references,
+    references.data_source_references,
+)
+_CONSENT_ISSUER = _Kind[ConsentIssuer](
+    "consent issuer",
+    lambda i: i.id,
+    checked_consent_issuer,
+    rows.load_consent_issuers,
+    references.consent_issuer_references,
+)
+_DELEGATION = _Kind[Delegation](
+    "delegation",
+    lambda d: d.id,
+    checked_delegation,
+    rows.load_delegations,
+    references.delegation_references,
 )
 _GRANT = _Kind[Grant](
     "grant",
     lambda g: g.id,
     checked_grant,
     lambda conn, id: rows.load_grants(conn, id=id),
-    _grant_references,
+    references.grant_references,
 )

@@ -50,11 +50,19 @@ def _code(name: str, *args: Any, **kwargs: Any) -> sa.Column[str]:
     return sa.Column(name, sa.String(CODE_LENGTH), *args, **kwargs)
 
 
+def _limit(name: str) -> sa.Column[int]:
+    return sa.Column(name, sa.Integer, nullable=False, server_default="0")
+
+
 departments = sa.Table(
     "departments",
     metadata,
     _code("code", primary_key=True),
     sa.Column("name", sa.String(NAME_LENGTH), nullable=False),
+    # The department's lookup quota; 0: unlimited.
+    _limit("quota_requests_per_second"),
+    _limit("quota_burst"),
+    _limit("quota_max_concurrent"),
 )
 
 signing_keys = sa.Table(
@@ -102,6 +110,40 @@ grants = sa.Table(
     sa.Column("purposes", sa.Text, nullable=False),
     sa.Column("valid_from", UtcDateTime, nullable=True),
     sa.Column("valid_until", UtcDateTime, nullable=True),
+)
+
+consent_issuers = sa.Table(
+    "consent_issuers",
+    metadata,
+    _code("id", primary_key=True),
+    sa.Column("name", sa.String(NAME_LENGTH), nullable=False),
+)
+
+consent_issuer_keys = sa.Table(
+    "consent_issuer_keys",
+    metadata,
+    sa.Column("key_id", sa.String(CODE_LENGTH), primary_key=True),
+    _code("issuer", sa.ForeignKey("consent_issuers.id"), nullable=False, index=True),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("public_key", sa.LargeBinary, nullable=False),
+    sa.Column("algorithm", sa.String(32), nullable=False),
+    sa.Column("not_before", UtcDateTime, nullable=True),
+    sa.Column("not_after", UtcDateTime, nullable=True),
+)
+
+delegations = sa.Table(
+    "delegations",
+    metadata,
+    _code("id", primary_key=True),
+    sa.Column("principal_kind", sa.String(32), nullable=False),
+    sa.Column("principal_id", sa.String(32), nullable=False),
+    sa.Column("agent_kind", sa.String(32), nullable=False),
+    sa.Column("agent_id", sa.String(32), nullable=False),
+    sa.Column("certificate_types", sa.Text, nullable=False),
+    sa.Column("purposes", sa.Text, nullable=False),
+    sa.Column("valid_from", UtcDateTime, nullable=True),
+    sa.Column("valid_until", UtcDateTime, nullable=True),
+    sa.Column("revoked", sa.Boolean, nullable=False),
 )
 
 # One row (id 1). Every change bumps it in its own transaction, so a hub learns that its

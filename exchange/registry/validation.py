@@ -14,17 +14,23 @@ import re
 from collections.abc import Iterable
 from datetime import datetime
 
-from exchange.errors import invalid_argument
+from audit.events import SubjectId
+from exchange.errors import ExchangeError, invalid_argument
 from exchange.pki import key_id_for
 from exchange.registry.model import (
     ED25519,
     CertificateType,
+    ConsentIssuer,
     DataSource,
+    Delegation,
     Department,
     Grant,
+    Quota,
     SigningKey,
 )
 from exchange.registry.tables import CODE_LENGTH, NAME_LENGTH
+from exchange.subject import validate_subject
+from exchange.v1 import common_pb2
 
 # Codes appear in certificates (O=), URLs and log lines: keep them to a plain charset.
 CODE = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.\-]{{0,{CODE_LENGTH - 1}}}")
@@ -35,6 +41,8 @@ HOST_NAME = re.compile(
 PURPOSE_LENGTH = 128
 DESCRIPTION_LENGTH = 1000
 ED25519_KEY_BYTES = 32
+# Quota numbers are stored as 32-bit integers; far beyond what one hub can serve anyway.
+QUOTA_LIMIT = 1_000_000
 
 SHARING_CLASSES = ("UNCONDITIONAL", "CONDITIONAL", "NOT_SHARED")
 SUBJECT_KINDS = ("RESIDENT_ID", "UNIFIED_SOCIAL_CREDIT_CODE")
@@ -60,7 +68,64 @@ def checked_department(department: Department) -> Department:
         for i, key in enumerate(department.signing_keys)
     )
     _check_unique("department.signing_keys", (key.key_id for key in keys), "key id")
+    _check_quota("department.quota", department.quota)
     return dataclasses.replace(department, signing_keys=keys)
+
+
+def _check_quota(path: str, quota: Quota) -> None:
+    for name in ("requests_per_second", "burst", "max_concurrent"):
+        if getattr(quota, name) > QUOTA_LIMIT:
+            raise invalid_argument(f"{path}.{name}: at most {QUOTA_LIMIT}")
+    if quota.requests_per_second and quota.burst < 1:
+        raise invalid_argument(f"{path}.burst: must be at least 1 when requests_per_second is set")
+    if quota.burst and not quota.requests_per_second:
+        raise invalid_argument(f"{path}.burst: has no effect without requests_per_second")
+
+
+def checked_consent_issuer(issuer: ConsentIssuer) -> ConsentIssuer:
+    """The consent issuer with each signing key's defaults filled in, or invalid_argument."""
+    check_code("consent_issuer.id", issuer.id)
+    _check_text("consent_issuer.name", issuer.name, NAME_LENGTH)
+    keys = tuple(
+        _checked_signing_key(f"consent_issuer.signing_keys[{i}]", key)
+        for i, key in enumerate(issuer.signing_keys)
+    )
+    _check_unique("consent_issuer.signing_keys", (key.key_id for key in keys), "key id")
+    return dataclasses.replace(issuer, signing_keys=keys)
+
+
+def checked_delegation(delegation: Delegation) -> Delegation:
+    """The delegation with its subject ids normalised, or invalid_argument naming the field."""
+    check_code("delegation.id", delegation.id)
+    principal = checked_subject("delegation.principal", delegation.principal)
+    agent = checked_subject("delegation.agent", delegation.agent)
+    if principal == agent:
+        raise invalid_argument("delegation.agent: must be someone other than the principal")
+    for i, code in enumerate(delegation.certificate_types):
+        check_code(f"delegation.certificate_types[{i}]", code)
+    _check_unique("delegation.certificate_types", delegation.certificate_types, "certificate type")
+    for i, purpose in enumerate(delegation.purposes):
+        _check_text(f"delegation.purposes[{i}]", purpose, PURPOSE_LENGTH)
+    _check_unique("delegation.purposes", delegation.purposes, "purpose")
+    _check_window(
+        "delegation",
+        ("valid_from", delegation.valid_from),
+        ("valid_until", delegation.valid_until),
+    )
+    return dataclasses.replace(delegation, principal=principal, agent=agent)
+
+
+def checked_subject(path: str, subject: SubjectId) -> SubjectId:
+    """The subject normalised (validate_subject), or invalid_argument naming `path`."""
+    try:
+        kind = common_pb2.SubjectKind.Value(subject.kind)
+    except ValueError:
+        kind = common_pb2.SUBJECT_KIND_UNSPECIFIED
+    try:
+        return validate_subject(common_pb2.Subject(kind=kind, id=subject.id))
+    except ExchangeError as error:
+        # validate_subject names the request's field "subject"; here it is `path`.
+        raise invalid_argument(path + error.message.removeprefix("subject")) from None
 
 
 def _checked_signing_key(path: str, key: SigningKey) -> SigningKey:

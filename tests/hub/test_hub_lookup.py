@@ -1,7 +1,8 @@
 """One lookup end to end: what a department gets, what it is refused, and what the log says.
 
 Documents and receipts are checked the way a department's own system would: with nothing but
-`cryptography`, the issuer's key as RegistryService lists it and the log's public key.
+`cryptography`, RFC 6962 (tests/rfc6962.py), the issuer's key as RegistryService lists it and
+the log's public key.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import hashlib
 import grpc
 import grpc.aio
 import pytest
+import rfc6962
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from hub_world import (
@@ -74,11 +76,16 @@ async def test_a_granted_lookup_releases_granted_fields_signed_by_the_issuer(
     receipt = response.receipt
     log_key(world).verify(receipt.signature, receipt.promise)
     promise = lookup_pb2.InclusionPromise.FromString(receipt.promise)
-    assert promise.entry_index == receipt.entry_index
-    assert promise.leaf_hash == receipt.leaf_hash
+    position = receipt.entry_index - promise.batch_start
+    assert 0 <= position < promise.batch_size
+    path = list(receipt.batch_path)
+    assert rfc6962.inclusion_root(position, promise.batch_size, receipt.leaf_hash, path) == (
+        promise.batch_root
+    )
 
     entry = await world.last_entry(event="lookup")
     assert entry.index == receipt.entry_index
+    assert rfc6962.leaf(entry.leaf_data) == receipt.leaf_hash
     assert entry.outcome == audit_pb2.GRANTED
     assert entry.status == "OK"
     assert sorted(entry.fields_released) == ["address", "name"]
@@ -198,7 +205,7 @@ async def test_a_malformed_request_is_refused_naming_the_field(
                 "consent_token": "signed-by-mum",
             },
             grpc.StatusCode.PERMISSION_DENIED,
-            "consent tokens are not yet accepted",
+            "consent: malformed token",
         ),
         (
             {"fields": ["ethnicity"]},
