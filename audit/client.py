@@ -1,8 +1,10 @@
-"""The auditor's client commands: `exchange audit {query,report,checkpoint,export}` over mTLS.
+"""The auditor's client: `exchange audit {query,report,checkpoint,export}` over mTLS, and the
+library functions behind them that other programs (the demo) call inside their own loop.
 
-Each connects to a hub's AuditService with the auditor's certificate, prints what it got,
-and turns gRPC errors into a one-line message and exit code 1. `export` writes the same
-JSON Lines file as the hub's own export, ready for `exchange audit verify`.
+Each command connects to a hub's AuditService with the auditor's certificate, prints what it
+got — a table for people, JSON Lines with `--json` — and turns gRPC errors into a one-line
+message and exit code 1. `export` writes the same JSON Lines file as the hub's own export,
+ready for `exchange audit verify`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import asyncio
 import datetime as dt
 import json
 import sys
-from collections.abc import Awaitable, Callable
+import unicodedata
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import grpc
@@ -38,10 +41,12 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     query.add_argument("--outcome", choices=("granted", "refused", "failed"))
     _window_options(query)
     query.add_argument("--limit", type=int, default=100, help="entries to print (all pages)")
+    _json_option(query)
 
     report = _command(commands, "report", "every access to one subject", _report)
     _subject_options(report, required=True)
     _window_options(report)
+    _json_option(report)
 
     checkpoint = _command(commands, "checkpoint", "the latest signed checkpoint", _checkpoint)
     checkpoint.add_argument("--fresh", action="store_true", help="sign one over everything now")
@@ -77,6 +82,12 @@ def _subject_options(parser: argparse.ArgumentParser, *, required: bool) -> None
     )
 
 
+def _json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--json", action="store_true", help="one JSON object per entry instead of a table"
+    )
+
+
 def _window_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--since", type=dt.datetime.fromisoformat, help="ISO time, inclusive")
     parser.add_argument("--until", type=dt.datetime.fromisoformat, help="ISO time, exclusive")
@@ -105,15 +116,17 @@ async def _query(stub: audit_pb2_grpc.AuditServiceStub, args: argparse.Namespace
     if args.subject:
         request.subject.CopyFrom(_subject(args))
     _window(request, args)
-    printed = 0
-    while printed < args.limit:
+    entries: list[audit_pb2.AuditEntry] = []
+    while len(entries) < args.limit:
         response = await stub.QueryAccessLog(request)
-        for entry in response.entries[: args.limit - printed]:
-            _print_entry(entry)
-            printed += 1
+        entries.extend(response.entries[: args.limit - len(entries)])
         if not response.next_page_token:
             break
         request.page_token = response.next_page_token
+    if args.json:
+        _print_json(entries)
+    else:
+        print(format_entries(entries))
     return 0
 
 
@@ -121,8 +134,10 @@ async def _report(stub: audit_pb2_grpc.AuditServiceStub, args: argparse.Namespac
     request = audit_pb2.SubjectAccessReportRequest(subject=_subject(args))
     _window(request, args)
     response = await stub.SubjectAccessReport(request)
-    for entry in response.entries:
-        _print_entry(entry)
+    if args.json:
+        _print_json(response.entries)
+    else:
+        print(format_access_report(response.entries))
     print(f"{len(response.entries)} entries", file=sys.stderr)
     return 0
 
@@ -151,30 +166,38 @@ async def _checkpoint(stub: audit_pb2_grpc.AuditServiceStub, args: argparse.Name
 
 
 async def _export(stub: audit_pb2_grpc.AuditServiceStub, args: argparse.Namespace) -> int:
+    entries = await export_log(stub, args.out, args.from_index, args.to_index)
+    print(f"wrote {entries} entries to {args.out}", file=sys.stderr)
+    return 0
+
+
+async def export_log(
+    stub: audit_pb2_grpc.AuditServiceStub, out: Path, from_index: int = 0, to_index: int = 0
+) -> int:
+    """Write entries [from_index, to_index) of the log behind `stub` to `out` as JSON Lines,
+    with the signed checkpoints that cover them, for `exchange audit verify`; returns how
+    many entries were written. to_index=0 means up to the latest checkpoint."""
     entries = 0
-    with args.out.open("wb") as out:
-        if args.from_index:
+    with out.open("wb") as export:
+        if from_index:
             # The frontier before the range, from the inclusion proof of its last entry;
             # the export's final checkpoint is what makes it trustworthy.
             proof = await stub.GetInclusionProof(
-                audit_pb2.GetInclusionProofRequest(
-                    index=args.from_index - 1, tree_size=args.from_index
-                )
+                audit_pb2.GetInclusionProofRequest(index=from_index - 1, tree_size=from_index)
             )
             frontier = merkle.frontier_from_inclusion(
-                args.from_index, proof.leaf_hash, list(proof.hashes)
+                from_index, proof.leaf_hash, list(proof.hashes)
             )
-            out.write(frontier_line(FrontierRecord(frontier.size, tuple(frontier.hashes))))
-        request = audit_pb2.ExportLogRequest(from_index=args.from_index, to_index=args.to_index)
+            export.write(frontier_line(FrontierRecord(frontier.size, tuple(frontier.hashes))))
+        request = audit_pb2.ExportLogRequest(from_index=from_index, to_index=to_index)
         async for record in stub.ExportLog(request):
             if record.HasField("entry"):
                 entry = record.entry
-                out.write(entry_line(entry.index, entry.leaf_hash, entry.leaf_data))
+                export.write(entry_line(entry.index, entry.leaf_hash, entry.leaf_data))
                 entries += 1
             else:
-                out.write(checkpoint_line(record.checkpoint))
-    print(f"wrote {entries} entries to {args.out}", file=sys.stderr)
-    return 0
+                export.write(checkpoint_line(record.checkpoint))
+    return entries
 
 
 def _subject(args: argparse.Namespace) -> common_pb2.Subject:
@@ -193,8 +216,72 @@ def _window(
             getattr(request, name).FromDatetime(moment)
 
 
-def _print_entry(entry: audit_pb2.AuditEntry) -> None:
-    shown = json_format.MessageToDict(entry, preserving_proto_field_name=True)
-    shown.pop("leaf_data", None)
-    shown["leaf_hash"] = entry.leaf_hash.hex()
-    print(json.dumps(shown, ensure_ascii=False, sort_keys=True))
+def _print_json(entries: Sequence[audit_pb2.AuditEntry]) -> None:
+    for entry in entries:
+        shown = json_format.MessageToDict(entry, preserving_proto_field_name=True)
+        shown.pop("leaf_data", None)
+        shown["leaf_hash"] = entry.leaf_hash.hex()
+        print(json.dumps(shown, ensure_ascii=False, sort_keys=True))
+
+
+# (heading, value) of the columns of a subject's access report.
+_REPORT_COLUMNS: tuple[tuple[str, Callable[[audit_pb2.AuditEntry], str]], ...] = (
+    ("time (UTC)", lambda e: e.time.ToDatetime(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")),
+    ("department", lambda e: e.requester_department),
+    ("operator", lambda e: e.operator_id),
+    ("certificate type", lambda e: e.certificate_type),
+    ("purpose", lambda e: e.purpose),
+    ("matter", lambda e: e.matter_id),
+    ("fields released", lambda e: ", ".join(e.fields_released)),
+    ("outcome", lambda e: _outcome(e)),
+    ("entry", lambda e: str(e.index)),
+)
+# A query spans subjects and kinds of event: those come first.
+_QUERY_COLUMNS = (
+    _REPORT_COLUMNS[0],
+    ("event", lambda e: e.event),
+    ("subject", lambda e: e.subject.id if e.HasField("subject") else ""),
+    *_REPORT_COLUMNS[1:],
+)
+
+
+def format_access_report(entries: Sequence[audit_pb2.AuditEntry]) -> str:
+    """A subject's access report as a table people read: who (department, operator) saw
+    what (certificate type, fields released), when, why (purpose, matter), with what
+    outcome, and the entry's index in the log to prove it."""
+    return _table(_REPORT_COLUMNS, entries)
+
+
+def format_entries(entries: Sequence[audit_pb2.AuditEntry]) -> str:
+    """Query results as a table: the report's columns plus the event and the subject."""
+    return _table(_QUERY_COLUMNS, entries)
+
+
+def _outcome(entry: audit_pb2.AuditEntry) -> str:
+    outcome = audit_pb2.Outcome.Name(entry.outcome).lower()
+    return outcome if entry.status in ("", "OK") else f"{outcome} ({entry.status})"
+
+
+def _table(
+    columns: Sequence[tuple[str, Callable[[audit_pb2.AuditEntry], str]]],
+    entries: Sequence[audit_pb2.AuditEntry],
+) -> str:
+    if not entries:
+        return "(no entries)"
+    rows = [[heading for heading, _ in columns]]
+    rows += [[value(entry) or "-" for _, value in columns] for entry in entries]
+    widths = [max(_width(row[i]) for row in rows) for i in range(len(columns))]
+    rows.insert(1, ["-" * width for width in widths])
+    return "\n".join(
+        "  ".join(_pad(cell, width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def _width(text: str) -> int:
+    """Terminal columns `text` takes: Chinese characters take two."""
+    return sum(2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text)
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * (width - _width(text))

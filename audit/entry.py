@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from audit.events import AuditEvent, SubjectId
+from audit.events import AuditEvent, EventKind, Outcome, SubjectId
 from audit.keys import LogKeys
 from audit.merkle import leaf_hash
 
@@ -71,6 +74,9 @@ ROW_COLUMNS = ("idx", "leaf", "leaf_hash", *QUERY_COLUMNS)
 # building a new encoder for every call as json.dumps does for non-default arguments.
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
+# The C function json.dumps(ensure_ascii=False) quotes and escapes every string with.
+_STRING: Callable[[str], str] = json.encoder.encode_basestring
+
 
 def canonical_json(obj: Any) -> bytes:
     """The one serialisation whose bytes the log hashes."""
@@ -87,16 +93,28 @@ def parse_time(text: str) -> dt.datetime:
     return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
 
 
-@dataclass(frozen=True, slots=True)
+def time_now() -> str:
+    """format_time() of the current time, cheaply (appends ask for it thousands of times a
+    second, and the text up to the second changes only once a second)."""
+    micros = time.time_ns() // 1000
+    return f"{_second_text(micros // 1_000_000)}.{micros % 1_000_000:06d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _second_text(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+
+
+@dataclass(slots=True)
 class PreparedEntry:
     """An entry without its index: all of it that can be computed outside the writer's lock.
 
     The canonical JSON of everything but "index" and "subject_sealed" is already encoded, in
     the three runs of keys that sort before, between and after those two, so sealing only
     has to splice them together (the result is byte for byte canonical_json of the entry).
+    Not frozen: frozen dataclasses cost twice as much to build, and one is built per append.
     """
 
-    appended_at: dt.datetime
     subject: SubjectId | None
     before_index: bytes  # "caller" .. "grant_id", without braces
     before_sealed: bytes  # "issuer" .. "subject_ref"
@@ -104,91 +122,123 @@ class PreparedEntry:
     columns: tuple[Any, ...]  # QUERY_COLUMNS values
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SealedEntry:
     """An entry with its index, leaf bytes and leaf hash, ready to store."""
 
     index: int
-    appended_at: dt.datetime
     leaf: bytes
     leaf_hash: bytes
     row: tuple[Any, ...]  # audit_entries values, in ROW_COLUMNS order
 
 
-def prepare(event: AuditEvent, keys: LogKeys, appended_at: dt.datetime) -> PreparedEntry:
-    """Flatten `event` into an entry without its index; the subject becomes its pseudonym."""
+# Enum values as json encodes them, looked up rather than encoded per entry.
+_EVENTS = {kind: _STRING(kind.value) for kind in EventKind}
+_OUTCOMES = {outcome: _STRING(outcome.value) for outcome in Outcome}
+
+
+def prepare(event: AuditEvent, keys: LogKeys, appended_at: str) -> PreparedEntry:
+    """Flatten `event`, appended at `appended_at` (format_time() text), into an entry without
+    its index; the subject becomes its pseudonym."""
     subject = event.subject
-    before_index = {
-        "caller": event.caller,
-        "certificate_type": event.certificate_type,
-        "change_after": event.change_after,
-        "change_before": event.change_before,
-        "consent_ref": event.consent_ref,
-        "delegation_id": event.delegation_id,
-        "document_digest": event.document_digest,
-        "event": event.event.value,
-        "fields_released": sorted(event.fields_released),
-        "grant_id": event.grant_id,
-    }
-    before_sealed = {
-        "issuer": event.issuer,
-        "latency_us": int(event.latency_us),
-        "matter_id": event.matter_id,
-        "method": event.method,
-        "operator_id": event.operator_id,
-        "outcome": event.outcome.value,
-        "purpose": event.purpose,
-        "reason": event.reason,
-        "request_id": event.request_id,
-        "requester_department": event.requester_department,
-        "role": event.role,
-        "status": event.status,
-        "subject_ref": keys.subject_ref(subject) if subject is not None else "",
-    }
-    time = format_time(appended_at)
+    subject_ref = keys.subject_ref(subject) if subject is not None else ""
+    try:
+        encoded = _encode_members(event, subject_ref, appended_at, _STRING)
+    except TypeError:  # a value that is not a string: encode it as json.dumps would
+        encoded = _encode_members(event, subject_ref, appended_at, _CANONICAL.encode)
     return PreparedEntry(
-        appended_at=appended_at,
-        subject=subject,
-        before_index=_members(before_index),
-        before_sealed=_members(before_sealed),
-        after_sealed=_members({"time": time}),
-        columns=(
-            time,
-            before_index["event"],
-            before_sealed["outcome"],
-            before_sealed["subject_ref"],
-            before_sealed["requester_department"],
-            before_sealed["issuer"],
+        subject,
+        *encoded,
+        (
+            appended_at,
+            event.event.value,
+            event.outcome.value,
+            subject_ref,
+            event.requester_department,
+            event.issuer,
             event.certificate_type,
-            before_sealed["purpose"],
+            event.purpose,
         ),
     )
+
+
+def _encode_members(
+    event: AuditEvent, subject_ref: str, appended_at: str, string: Callable[[Any], str]
+) -> tuple[bytes, bytes, bytes]:
+    """The three runs of canonical JSON members of PreparedEntry, keys in ENTRY_KEYS order.
+
+    Joining each key with its value encoded by json's own string encoder gives the bytes
+    canonical_json() would, at a third of the cost of building and encoding dicts (this is
+    the largest cost of an append); tests/audit/test_entry.py checks the two agree.
+    """
+    before_index = "".join(
+        (
+            '"caller":',
+            string(event.caller),
+            ',"certificate_type":',
+            string(event.certificate_type),
+            ',"change_after":',
+            string(event.change_after),
+            ',"change_before":',
+            string(event.change_before),
+            ',"consent_ref":',
+            string(event.consent_ref),
+            ',"delegation_id":',
+            string(event.delegation_id),
+            ',"document_digest":',
+            string(event.document_digest),
+            ',"event":',
+            _EVENTS[event.event],
+            ',"fields_released":[',
+            ",".join(map(string, sorted(event.fields_released))),
+            '],"grant_id":',
+            string(event.grant_id),
+        )
+    )
+    before_sealed = "".join(
+        (
+            '"issuer":',
+            string(event.issuer),
+            ',"latency_us":',
+            str(int(event.latency_us)),
+            ',"matter_id":',
+            string(event.matter_id),
+            ',"method":',
+            string(event.method),
+            ',"operator_id":',
+            string(event.operator_id),
+            ',"outcome":',
+            _OUTCOMES[event.outcome],
+            ',"purpose":',
+            string(event.purpose),
+            ',"reason":',
+            string(event.reason),
+            ',"request_id":',
+            string(event.request_id),
+            ',"requester_department":',
+            string(event.requester_department),
+            ',"role":',
+            string(event.role),
+            ',"status":',
+            string(event.status),
+            ',"subject_ref":',
+            string(subject_ref),
+        )
+    )
+    after_sealed = '"time":' + string(appended_at)
+    return before_index.encode(), before_sealed.encode(), after_sealed.encode()
 
 
 def seal(prepared: PreparedEntry, index: int, keys: LogKeys) -> SealedEntry:
     """Give `prepared` its index, seal its subject to that index, and compute its leaf."""
     subject = prepared.subject
     sealed = base64.b64encode(keys.seal(subject, index)) if subject is not None else b""
-    leaf = b"".join(
-        (
-            b"{",
-            prepared.before_index,
-            b',"index":%d,' % index,
-            prepared.before_sealed,
-            b',"subject_sealed":"%s",' % sealed,
-            prepared.after_sealed,
-            b"}",
-        )
+    leaf = b'{%s,"index":%d,%s,"subject_sealed":"%s",%s}' % (
+        prepared.before_index,
+        index,
+        prepared.before_sealed,
+        sealed,
+        prepared.after_sealed,
     )
     digest = leaf_hash(leaf)
-    return SealedEntry(
-        index=index,
-        appended_at=prepared.appended_at,
-        leaf=leaf,
-        leaf_hash=digest,
-        row=(index, leaf, digest, *prepared.columns),
-    )
-
-
-def _members(part: dict[str, Any]) -> bytes:
-    return canonical_json(part)[1:-1]
+    return SealedEntry(index, leaf, digest, (index, leaf, digest, *prepared.columns))

@@ -1,6 +1,6 @@
 """What goes on the Kafka topic for one audit entry: an `exchange.v1.AuditEntry`.
 
-The message is built from the entry's leaf alone (the canonical JSON the outbox holds), so
+The message is built from the entry's leaf alone (the canonical JSON the log stores), so
 it carries exactly what the log committed to: the subject stays a pseudonym (`subject_ref`)
 and, inside `leaf_data`, a sealed ciphertext; `subject` is never filled in. Consumers can
 check `leaf_hash` against a receipt or an inclusion proof, and re-derive every field from

@@ -1,10 +1,12 @@
-"""The Kafka relay's side of the database: outbox rows to publish, its offset, its leadership.
+"""The Kafka relay's side of the database: entries to publish, its offset, its leadership.
 
-The audit log writes every entry's leaf into `audit_outbox` in the same transaction as the
-entry, under the append lock, so outbox indexes are gapless and become visible in index
-order. A relay keeps in `audit_relay_offsets` the next index it has to publish and moves it
-only after the broker acknowledged everything before it; a restarted relay reads it back
-and resumes there.
+The log is its own transactional outbox. What the relay publishes is each entry's leaf, and
+`audit_entries` already holds exactly that, written once, under the append lock, so its
+indexes are gapless and become visible in index order — everything a separate outbox table
+would give, without writing every entry twice or pruning the copies afterwards. A relay
+added to a hub that never had one starts at index 0 and publishes the whole log. A relay
+keeps in `audit_relay_offsets` the next index it has to publish and moves it only after the
+broker acknowledged everything before it; a restarted relay reads it back and resumes there.
 
 Only one relay per database may publish at a time, or two would send the same entries.
 On PostgreSQL the leader holds a session advisory lock on a dedicated connection; on SQLite
@@ -25,7 +27,7 @@ from typing import IO
 
 import sqlalchemy as sa
 
-from audit.tables import audit_outbox, audit_relay_offsets
+from audit.tables import audit_entries, audit_relay_offsets
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +79,12 @@ def start_offset(engine: sa.Engine, relay: str) -> int:
 
 
 def unpublished(engine: sa.Engine, start: int, limit: int) -> list[OutboxRow]:
-    """Up to `limit` outbox rows from index `start` on, in index order."""
+    """Up to `limit` entries from index `start` on, in index order."""
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.select(audit_outbox.c.idx, audit_outbox.c.payload)
-            .where(audit_outbox.c.idx >= start)
-            .order_by(audit_outbox.c.idx)
+            sa.select(audit_entries.c.idx, audit_entries.c.leaf)
+            .where(audit_entries.c.idx >= start)
+            .order_by(audit_entries.c.idx)
             .limit(limit)
         ).all()
     return [OutboxRow(int(idx), bytes(payload)) for idx, payload in rows]
@@ -103,14 +105,15 @@ def advance(engine: sa.Engine, relay: str, expected: int, new: int) -> bool:
 def contiguous(rows: Sequence[OutboxRow], start: int) -> list[OutboxRow]:
     """The run of `rows` that follows `start` without a gap.
 
-    The log never leaves gaps, so a leading one means rows were removed from the outbox by
-    hand: they cannot be published any more, and waiting for them would stall the stream.
+    The log never leaves gaps, so a leading one means entries were deleted from the log by
+    hand (the log's verification will name them): they cannot be published any more, and
+    waiting for them would stall the stream.
     """
     if not rows:
         return []
     if rows[0].index != start:
         log.warning(
-            "audit outbox has no rows %d..%d; publishing from %d",
+            "audit log has no entries %d..%d (deleted?); publishing from %d",
             start,
             rows[0].index - 1,
             rows[0].index,

@@ -1,6 +1,6 @@
-"""The Kafka relay: publishes every audit entry from the outbox to a topic, exactly once per key.
+"""The Kafka relay: publishes every audit entry to a topic, exactly once per key.
 
-The audit log only writes outbox rows (same transaction as the entry), so appends never wait
+The log's entries table is the outbox (see audit.kafka_outbox), so appends never wait
 for Kafka. This relay runs in a thread of its own (kafka-python blocks) and repeats:
 read the next unpublished rows in index order, send each as a protobuf `exchange.v1.AuditEntry`
 keyed by its index, wait for the broker's acknowledgements, then move its offset in the
@@ -85,7 +85,7 @@ def producer_settings(
 
 
 class KafkaRelay:
-    """Publishes the audit outbox of `engine` to `topic` on the brokers `bootstrap_servers`."""
+    """Publishes the audit log of `engine` to `topic` on the brokers `bootstrap_servers`."""
 
     def __init__(
         self,
@@ -152,7 +152,7 @@ class KafkaRelay:
             log.error("kafka relay thread did not stop within %.0f s", _JOIN_TIMEOUT_S)
 
     def wake(self) -> None:
-        """Look at the outbox now instead of at the next poll (e.g. right after an append)."""
+        """Look for new entries now instead of at the next poll (e.g. right after an append)."""
         self._wake.set()
 
     # --- the relay thread ------------------------------------------------------------------

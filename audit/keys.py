@@ -35,6 +35,7 @@ class LogKeys:
 
     signing_key: ed25519.Ed25519PrivateKey
     hmac_key: bytes
+    pseudonym_hmac: hmac.HMAC  # keyed with hmac_key and nothing hashed yet; copied per use
     aead: AESGCM
     public_key_raw: bytes
     log_id: str  # key id of the public key; also the log's identity in receipts
@@ -54,6 +55,7 @@ class LogKeys:
         return cls(
             signing_key=signing_key,
             hmac_key=material[:32],
+            pseudonym_hmac=hmac.new(material[:32], digestmod=hashlib.sha256),
             aead=AESGCM(material[32:]),
             public_key_raw=raw,
             log_id=key_id_for(raw),
@@ -61,7 +63,10 @@ class LogKeys:
 
     def subject_ref(self, subject: SubjectId) -> str:
         """The pseudonym of a subject: HMAC-SHA256 hex of "KIND:ID"."""
-        return hmac.new(self.hmac_key, _plain(subject), hashlib.sha256).hexdigest()
+        # Copying a keyed HMAC skips hashing the padded key again: a third of the cost.
+        pseudonym = self.pseudonym_hmac.copy()
+        pseudonym.update(_plain(subject))
+        return pseudonym.hexdigest()
 
     def seal(self, subject: SubjectId, index: int) -> bytes:
         """nonce || AES-GCM ciphertext of "KIND:ID", bound to entry `index`."""

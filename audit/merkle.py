@@ -50,6 +50,35 @@ def root(leaf_hashes: Sequence[bytes]) -> bytes:
     return frontier.root()
 
 
+def root_and_paths(leaf_hashes: Sequence[bytes]) -> tuple[bytes, list[list[bytes]]]:
+    """MTH of `leaf_hashes` (at least one) and PATH(m, D[n]) for every m, in O(n log n).
+
+    Pairing neighbours level by level, carrying an unpaired last node up unchanged, builds
+    exactly RFC 6962's tree (which splits at the largest power of two), and a leaf's path is
+    its node's sibling at each level where it has one, lowest first.
+    """
+    if not leaf_hashes:
+        raise ValueError("a batch needs at least one leaf")
+    sha256 = hashlib.sha256  # node_hash() inlined: this runs for every committed batch
+    levels = [list(leaf_hashes)]
+    while len(levels[-1]) > 1:
+        below = levels[-1]
+        pairs = range(0, len(below) - 1, 2)
+        level = [sha256(b"\x01" + below[i] + below[i + 1]).digest() for i in pairs]
+        if len(below) % 2:
+            level.append(below[-1])
+        levels.append(level)
+    paths = []
+    for m in range(len(leaf_hashes)):
+        path = []
+        for depth, nodes in enumerate(levels[:-1]):
+            sibling = (m >> depth) ^ 1
+            if sibling < len(nodes):
+                path.append(nodes[sibling])
+        paths.append(path)
+    return levels[-1][0], paths
+
+
 def list_range_hash(leaf_hashes: Sequence[bytes]) -> RangeHash:
     """A RangeHash over leaf hashes held in memory (for small trees and tests)."""
     return lambda start, end: root(leaf_hashes[start:end])

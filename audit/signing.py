@@ -3,23 +3,30 @@
 Both carry exactly the bytes that were signed (a serialized InclusionPromise or Checkpoint),
 so a verifier checks the Ed25519 signature over those bytes with the log's public key and
 only then parses them. The checks need nothing but the public key.
+
+A promise is signed once per group-committed batch, as X-Road time-stamps its message log in
+batches: it names the batch (first index, size) by its RFC 6962 root, and each receipt adds
+its entry's inclusion path in that small tree. One signature then serves a whole commit.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from google.protobuf import timestamp_pb2
 
+from audit import merkle
 from audit.keys import ALGORITHM, LogKeys
 from exchange.pki import key_id_for
 from exchange.v1 import audit_pb2, lookup_pb2
 
 
 class SignatureError(Exception):
-    """A receipt or checkpoint is not signed by the expected log key."""
+    """A receipt or checkpoint is not signed by the expected log key, or does not prove what
+    it claims."""
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -34,24 +41,33 @@ def timestamp(moment: dt.datetime) -> timestamp_pb2.Timestamp:
     )
 
 
-def sign_receipt(
-    keys: LogKeys, index: int, leaf_hash: bytes, appended_at: dt.datetime
-) -> lookup_pb2.Receipt:
-    """The log's signed promise that entry `index` with `leaf_hash` is in the log."""
+def sign_batch(
+    keys: LogKeys, batch_start: int, leaf_hashes: Sequence[bytes], appended_at: dt.datetime
+) -> list[lookup_pb2.Receipt]:
+    """Receipts for a committed batch of consecutive entries from `batch_start`: one signed
+    promise over the batch's RFC 6962 root, and for each entry its path to that root."""
+    root, paths = merkle.root_and_paths(leaf_hashes)
     promise = lookup_pb2.InclusionPromise(
         log_id=keys.log_id,
-        entry_index=index,
-        leaf_hash=leaf_hash,
+        batch_start=batch_start,
+        batch_size=len(leaf_hashes),
+        batch_root=root,
         appended_at=timestamp(appended_at),
     ).SerializeToString()
-    return lookup_pb2.Receipt(
-        entry_index=index,
-        leaf_hash=leaf_hash,
-        promise=promise,
-        key_id=keys.log_id,
-        algorithm=ALGORITHM,
-        signature=keys.sign(promise),
-    )
+    signature = keys.sign(promise)
+    log_id = keys.log_id
+    return [
+        lookup_pb2.Receipt(
+            entry_index=batch_start + offset,
+            leaf_hash=digest,
+            promise=promise,
+            key_id=log_id,
+            algorithm=ALGORITHM,
+            signature=signature,
+            batch_path=path,
+        )
+        for offset, (digest, path) in enumerate(zip(leaf_hashes, paths, strict=True))
+    ]
 
 
 def sign_checkpoint(
@@ -73,14 +89,28 @@ def sign_checkpoint(
 def verify_receipt(
     receipt: lookup_pb2.Receipt, public_key_raw: bytes
 ) -> lookup_pb2.InclusionPromise:
-    """The promise in `receipt`, after checking its signature and that it says what the
-    receipt says; raises SignatureError."""
+    """The promise in `receipt`, after checking its signature, that its entry lies in the
+    signed batch, and that `batch_path` leads from its leaf hash to the batch root; raises
+    SignatureError naming what failed."""
     _verify(receipt.algorithm, receipt.key_id, receipt.promise, receipt.signature, public_key_raw)
     promise = lookup_pb2.InclusionPromise.FromString(receipt.promise)
     if promise.log_id != receipt.key_id:
         raise SignatureError("receipt: promise names another log")
-    if promise.entry_index != receipt.entry_index or promise.leaf_hash != receipt.leaf_hash:
-        raise SignatureError("receipt: index or leaf hash differ from the signed promise")
+    index, start, size = receipt.entry_index, promise.batch_start, promise.batch_size
+    if not start <= index < start + size:
+        raise SignatureError(
+            f"receipt: entry {index} is not in the signed batch of entries "
+            f"{start}..{start + size - 1}"
+        )
+    try:
+        merkle.verify_inclusion(
+            index - start, size, receipt.leaf_hash, receipt.batch_path, promise.batch_root
+        )
+    except merkle.ProofError as exc:
+        raise SignatureError(
+            f"receipt: batch_path does not prove the leaf hash of entry {index} in the signed "
+            f"batch root ({exc})"
+        ) from None
     return promise
 
 

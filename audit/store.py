@@ -20,7 +20,6 @@ from audit.entry import ROW_COLUMNS, PreparedEntry, SealedEntry
 from audit.tables import (
     audit_checkpoints,
     audit_entries,
-    audit_outbox,
     audit_query_index,
     audit_tree_nodes,
 )
@@ -39,14 +38,6 @@ def begin_immediate(conn: sa.Connection) -> None:
         # pysqlite would BEGIN (deferred) lazily, at the first write; BEGIN IMMEDIATE takes
         # the write lock now, so reads that follow are serialised with every other writer.
         conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def lock_for_writing(conn: sa.Connection) -> None:
-    """Start `conn`'s transaction holding the database-wide append lock."""
-    if conn.dialect.name == "sqlite":
-        begin_immediate(conn)
-    else:
-        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(APPEND_LOCK)))
 
 
 def next_index(conn: sa.Connection) -> int:
@@ -72,16 +63,25 @@ def writer_connection(engine: sa.Engine) -> sa.Connection:
 def append_batch(
     conn: sa.Connection, prepared: Sequence[PreparedEntry], sealer: Sealer
 ) -> list[SealedEntry]:
-    """Store `prepared` as the next entries of the log, with their outbox rows, in one
-    durable transaction; return them sealed with their indexes."""
+    """Store `prepared` as the next entries of the log in one durable transaction; return
+    them sealed with their indexes."""
+    # The DB-API connection directly, with plain tuples: this is the log's hot path, and
+    # SQLAlchemy's statement handling cost more than the database's own work per batch.
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None
     try:
-        lock_for_writing(conn)
-        first = next_index(conn)
-        sealed = [sealer(entry, first + offset) for offset, entry in enumerate(prepared)]
-        # The DB-API cursor directly, with plain tuples: this is the log's hot path, and the
-        # rows need none of SQLAlchemy's per-row parameter processing.
-        cursor = conn.connection.cursor()
+        cursor: Any = dbapi.cursor()
         try:
+            if conn.dialect.name == "sqlite":
+                cursor.execute("BEGIN IMMEDIATE")  # see begin_immediate()
+            else:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
+            # Read under the lock, in a statement of its own so that on PostgreSQL its
+            # snapshot is taken after the lock was granted.
+            cursor.execute(f"SELECT max(idx) FROM {audit_entries.name}")  # noqa: S608
+            (largest,) = cursor.fetchone()
+            first = 0 if largest is None else int(largest) + 1
+            sealed = [sealer(entry, first + offset) for offset, entry in enumerate(prepared)]
             _insert_rows(
                 cursor,
                 conn.dialect,
@@ -89,18 +89,11 @@ def append_batch(
                 ROW_COLUMNS,
                 [entry.row for entry in sealed],
             )
-            _insert_rows(
-                cursor,
-                conn.dialect,
-                audit_outbox.name,
-                ("idx", "payload"),
-                [(entry.index, entry.leaf) for entry in sealed],
-            )
         finally:
             cursor.close()
-        conn.commit()
+        dbapi.commit()
     except BaseException:
-        conn.rollback()
+        dbapi.rollback()
         raise
     return sealed
 

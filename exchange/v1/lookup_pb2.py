@@ -26,7 +26,7 @@ from exchange.v1 import common_pb2 as exchange_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x65xchange/v1/lookup.proto\x12\x0b\x65xchange.v1\x1a\x18\x65xchange/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdb\x01\n\rLookupRequest\x12\x18\n\x10\x63\x65rtificate_type\x18\x01 \x01(\t\x12%\n\x07subject\x18\x02 \x01(\x0b\x32\x14.exchange.v1.Subject\x12\x0e\n\x06\x66ields\x18\x03 \x03(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x11\n\tmatter_id\x18\x05 \x01(\t\x12\x13\n\x0boperator_id\x18\x06 \x01(\t\x12\x15\n\rconsent_token\x18\x07 \x01(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x15\n\rdelegation_id\x18\t \x01(\t\"f\n\x0eLookupResponse\x12-\n\x08\x64ocument\x18\x01 \x01(\x0b\x32\x1b.exchange.v1.SignedDocument\x12%\n\x07receipt\x18\x02 \x01(\x0b\x32\x14.exchange.v1.Receipt\"x\n\x07Receipt\x12\x13\n\x0b\x65ntry_index\x18\x01 \x01(\x04\x12\x11\n\tleaf_hash\x18\x02 \x01(\x0c\x12\x0f\n\x07promise\x18\x03 \x01(\x0c\x12\x0e\n\x06key_id\x18\x04 \x01(\t\x12\x11\n\talgorithm\x18\x05 \x01(\t\x12\x11\n\tsignature\x18\x06 \x01(\x0c\"{\n\x10InclusionPromise\x12\x0e\n\x06log_id\x18\x01 \x01(\t\x12\x13\n\x0b\x65ntry_index\x18\x02 \x01(\x04\x12\x11\n\tleaf_hash\x18\x03 \x01(\x0c\x12/\n\x0b\x61ppended_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2R\n\rLookupService\x12\x41\n\x06Lookup\x12\x1a.exchange.v1.LookupRequest\x1a\x1b.exchange.v1.LookupResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x65xchange/v1/lookup.proto\x12\x0b\x65xchange.v1\x1a\x18\x65xchange/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdb\x01\n\rLookupRequest\x12\x18\n\x10\x63\x65rtificate_type\x18\x01 \x01(\t\x12%\n\x07subject\x18\x02 \x01(\x0b\x32\x14.exchange.v1.Subject\x12\x0e\n\x06\x66ields\x18\x03 \x03(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x11\n\tmatter_id\x18\x05 \x01(\t\x12\x13\n\x0boperator_id\x18\x06 \x01(\t\x12\x15\n\rconsent_token\x18\x07 \x01(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x15\n\rdelegation_id\x18\t \x01(\t\"f\n\x0eLookupResponse\x12-\n\x08\x64ocument\x18\x01 \x01(\x0b\x32\x1b.exchange.v1.SignedDocument\x12%\n\x07receipt\x18\x02 \x01(\x0b\x32\x14.exchange.v1.Receipt\"\x8c\x01\n\x07Receipt\x12\x13\n\x0b\x65ntry_index\x18\x01 \x01(\x04\x12\x11\n\tleaf_hash\x18\x02 \x01(\x0c\x12\x0f\n\x07promise\x18\x03 \x01(\x0c\x12\x0e\n\x06key_id\x18\x04 \x01(\t\x12\x11\n\talgorithm\x18\x05 \x01(\t\x12\x11\n\tsignature\x18\x06 \x01(\x0c\x12\x12\n\nbatch_path\x18\x07 \x03(\x0c\"\x90\x01\n\x10InclusionPromise\x12\x0e\n\x06log_id\x18\x01 \x01(\t\x12\x13\n\x0b\x62\x61tch_start\x18\x02 \x01(\x04\x12\x12\n\nbatch_size\x18\x03 \x01(\x04\x12\x12\n\nbatch_root\x18\x04 \x01(\x0c\x12/\n\x0b\x61ppended_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2R\n\rLookupService\x12\x41\n\x06Lookup\x12\x1a.exchange.v1.LookupRequest\x1a\x1b.exchange.v1.LookupResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,10 +37,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOOKUPREQUEST']._serialized_end=320
   _globals['_LOOKUPRESPONSE']._serialized_start=322
   _globals['_LOOKUPRESPONSE']._serialized_end=424
-  _globals['_RECEIPT']._serialized_start=426
-  _globals['_RECEIPT']._serialized_end=546
-  _globals['_INCLUSIONPROMISE']._serialized_start=548
-  _globals['_INCLUSIONPROMISE']._serialized_end=671
-  _globals['_LOOKUPSERVICE']._serialized_start=673
-  _globals['_LOOKUPSERVICE']._serialized_end=755
+  _globals['_RECEIPT']._serialized_start=427
+  _globals['_RECEIPT']._serialized_end=567
+  _globals['_INCLUSIONPROMISE']._serialized_start=570
+  _globals['_INCLUSIONPROMISE']._serialized_end=714
+  _globals['_LOOKUPSERVICE']._serialized_start=716
+  _globals['_LOOKUPSERVICE']._serialized_end=798
 # @@protoc_insertion_point(module_scope)

@@ -102,9 +102,14 @@ Global___LookupResponse: _TypeAlias = LookupResponse  # noqa: Y015
 
 @_typing.final
 class Receipt(_message.Message):
-    """The hub's signed promise that an audit entry is in its log (as a Certificate
-    Transparency SCT). `promise` is exactly the bytes signed, a serialized
-    InclusionPromise.
+    """The hub's signed promise that an audit entry is in its log, as a Certificate
+    Transparency SCT, but signed once per group-committed batch as X-Road time-stamps
+    its message log in batches: `promise` (exactly the bytes signed, a serialized
+    InclusionPromise) names a batch of consecutive entries by its RFC 6962 root, and
+    `batch_path` proves this entry's leaf is in that root. To verify: check the
+    signature over `promise`; then check `batch_path` as an RFC 6962 inclusion proof of
+    `leaf_hash` at position entry_index - batch_start in a tree of batch_size leaves
+    with root batch_root.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -115,6 +120,7 @@ class Receipt(_message.Message):
     KEY_ID_FIELD_NUMBER: _builtins.int
     ALGORITHM_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
+    BATCH_PATH_FIELD_NUMBER: _builtins.int
     entry_index: _builtins.int
     leaf_hash: _builtins.bytes
     """RFC 6962 leaf hash of the entry: SHA-256(0x00 || entry)."""
@@ -123,6 +129,8 @@ class Receipt(_message.Message):
     algorithm: _builtins.str
     """"Ed25519"."""
     signature: _builtins.bytes
+    @_builtins.property
+    def batch_path(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
     def __init__(
         self,
         *,
@@ -132,10 +140,11 @@ class Receipt(_message.Message):
         key_id: _builtins.str = ...,
         algorithm: _builtins.str = ...,
         signature: _builtins.bytes = ...,
+        batch_path: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "entry_index", b"entry_index", "key_id", b"key_id", "leaf_hash", b"leaf_hash", "promise", b"promise", "signature", b"signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "batch_path", b"batch_path", "entry_index", b"entry_index", "key_id", b"key_id", "leaf_hash", b"leaf_hash", "promise", b"promise", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -146,26 +155,31 @@ class InclusionPromise(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     LOG_ID_FIELD_NUMBER: _builtins.int
-    ENTRY_INDEX_FIELD_NUMBER: _builtins.int
-    LEAF_HASH_FIELD_NUMBER: _builtins.int
+    BATCH_START_FIELD_NUMBER: _builtins.int
+    BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    BATCH_ROOT_FIELD_NUMBER: _builtins.int
     APPENDED_AT_FIELD_NUMBER: _builtins.int
     log_id: _builtins.str
     """Identifies the log (the hub's log signing key)."""
-    entry_index: _builtins.int
-    leaf_hash: _builtins.bytes
+    batch_start: _builtins.int
+    """The batch: entries [batch_start, batch_start + batch_size)."""
+    batch_size: _builtins.int
+    batch_root: _builtins.bytes
+    """RFC 6962 Merkle tree hash over the batch's leaf hashes, in index order."""
     @_builtins.property
     def appended_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
         log_id: _builtins.str = ...,
-        entry_index: _builtins.int = ...,
-        leaf_hash: _builtins.bytes = ...,
+        batch_start: _builtins.int = ...,
+        batch_size: _builtins.int = ...,
+        batch_root: _builtins.bytes = ...,
         appended_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["appended_at", b"appended_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["appended_at", b"appended_at", "entry_index", b"entry_index", "leaf_hash", b"leaf_hash", "log_id", b"log_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["appended_at", b"appended_at", "batch_root", b"batch_root", "batch_size", b"batch_size", "batch_start", b"batch_start", "log_id", b"log_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 
 import grpc
@@ -12,13 +13,14 @@ import sqlalchemy as sa
 from audit_world import lookup_event
 
 from audit.config import AuditConfig
+from audit.kafka_outbox import unpublished
 from audit.log import AuditLog
-from audit.signing import verify_checkpoint, verify_receipt
-from audit.tables import audit_entries, audit_outbox
+from audit.signing import SignatureError, verify_checkpoint, verify_receipt
+from audit.tables import audit_entries
 from exchange.db import make_engine
 from exchange.errors import ExchangeError
 from exchange.pki import load_public_key_raw
-from exchange.v1 import audit_pb2
+from exchange.v1 import audit_pb2, lookup_pb2
 
 
 def stored_leaves(engine: sa.Engine) -> list[tuple[int, bytes]]:
@@ -40,11 +42,84 @@ async def test_concurrent_appends_share_commits_and_get_gapless_indexes(
     public_key = load_public_key_raw(audit_config.public_key)
     for receipt in receipts:
         promise = verify_receipt(receipt, public_key)
-        assert promise.entry_index == receipt.entry_index
+        assert promise.batch_start <= receipt.entry_index < promise.batch_start + promise.batch_size
         assert promise.log_id == audit_log.log_id
-    with engine.connect() as conn:
-        outbox = conn.execute(sa.select(sa.func.count()).select_from(audit_outbox)).scalar()
-    assert outbox == 500
+    # A Kafka relay, even one added only now, finds every entry to publish, in index order.
+    pending = unpublished(engine, 0, 1000)
+    assert [row.index for row in pending] == list(range(500))
+    assert [row.leaf for row in pending] == [leaf for _, leaf in stored_leaves(engine)]
+
+
+async def test_one_signature_per_batch_proves_each_entry_with_rfc_6962(
+    audit_log: AuditLog, engine: sa.Engine
+) -> None:
+    receipts = await asyncio.gather(*(audit_log.append(lookup_event(i)) for i in range(300)))
+    leaves = [rfc6962.leaf(leaf) for _, leaf in stored_leaves(engine)]
+
+    promises = {r.promise for r in receipts}
+    assert len(promises) == audit_log.batches_committed < 300  # signed per commit, not entry
+    covered = []
+    for receipt in receipts:
+        promise = lookup_pb2.InclusionPromise.FromString(receipt.promise)
+        start, size = promise.batch_start, promise.batch_size
+        assert promise.batch_root == rfc6962.mth(leaves[start : start + size])
+        assert receipt.leaf_hash == leaves[receipt.entry_index]
+        position = receipt.entry_index - start
+        assert list(receipt.batch_path) == rfc6962.path(position, leaves[start : start + size])
+        covered.append((start, size))
+    batches = sorted(set(covered))
+    assert [start for start, _ in batches] == [0, *itertools.accumulate(s for _, s in batches)][:-1]
+
+
+async def test_a_receipt_with_an_altered_path_leaf_or_index_does_not_verify(
+    audit_log: AuditLog, audit_config: AuditConfig
+) -> None:
+    public_key = load_public_key_raw(audit_config.public_key)
+    receipts = await asyncio.gather(*(audit_log.append(lookup_event(i)) for i in range(40)))
+    receipt = max(receipts, key=lambda r: len(r.batch_path))
+    assert receipt.batch_path, "40 concurrent appends share a commit"
+    promise = verify_receipt(receipt, public_key)
+    position = receipt.entry_index - promise.batch_start
+
+    def rfc_root(altered: lookup_pb2.Receipt) -> bytes:
+        return rfc6962.inclusion_root(
+            altered.entry_index - promise.batch_start,
+            promise.batch_size,
+            altered.leaf_hash,
+            list(altered.batch_path),
+        )
+
+    assert rfc_root(receipt) == promise.batch_root
+    path = lookup_pb2.Receipt()
+    path.CopyFrom(receipt)
+    path.batch_path[0] = bytes(32)
+    leaf = lookup_pb2.Receipt()
+    leaf.CopyFrom(receipt)
+    leaf.leaf_hash = rfc6962.leaf(b"an entry that was never appended")
+    for altered in (path, leaf):
+        assert rfc_root(altered) != promise.batch_root
+        with pytest.raises(SignatureError, match="batch_path does not prove"):
+            verify_receipt(altered, public_key)
+
+    outside = lookup_pb2.Receipt()
+    outside.CopyFrom(receipt)
+    outside.entry_index = promise.batch_start + promise.batch_size
+    with pytest.raises(SignatureError, match="not in the signed batch"):
+        verify_receipt(outside, public_key)
+    moved = lookup_pb2.Receipt()
+    moved.CopyFrom(receipt)
+    moved.entry_index = promise.batch_start + (position + 1) % promise.batch_size
+    assert rfc_root(moved) != promise.batch_root
+    with pytest.raises(SignatureError):
+        verify_receipt(moved, public_key)
+    forged = lookup_pb2.Receipt()
+    forged.CopyFrom(receipt)
+    forged.promise = lookup_pb2.InclusionPromise(
+        log_id=promise.log_id, batch_start=0, batch_size=1, batch_root=receipt.leaf_hash
+    ).SerializeToString()
+    forged.ClearField("batch_path")
+    with pytest.raises(SignatureError, match="signature does not verify"):
+        verify_receipt(forged, public_key)
 
 
 async def test_receipt_commits_to_the_stored_entry(audit_log: AuditLog, engine: sa.Engine) -> None:

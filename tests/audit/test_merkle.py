@@ -47,6 +47,13 @@ def test_consistency_proofs_are_rfc_proofs(case: tuple[int, int]) -> None:
     assert rfc6962.consistency_roots(first, second, old, hashes) == (old, new)
 
 
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 7, 8, 9, 33, 64, 100])
+def test_batch_root_and_paths_are_rfc_mth_and_paths(size: int) -> None:
+    root, paths = merkle.root_and_paths(LEAVES[:size])
+    assert root == rfc6962.mth(LEAVES[:size])
+    assert paths == [rfc6962.path(m, LEAVES[:size]) for m in range(size)]
+
+
 def test_wrong_inclusion_proofs_raise_proof_error() -> None:
     root = rfc6962.mth(LEAVES[:10])
     good = rfc6962.path(3, LEAVES[:10])

@@ -1,5 +1,5 @@
-"""The audit log: entries, their query index, signed checkpoints, Merkle subtree hashes, the
-Kafka outbox.
+"""The audit log: entries, their query index, signed checkpoints, Merkle subtree hashes, and
+the Kafka relays' offsets (the entries table is the relay's outbox).
 
 Revision ID: 0002_audit_log
 Revises: 0001_registry
@@ -75,12 +75,6 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("level", "position", name="pk_audit_tree_nodes"),
     )
     op.create_table(
-        "audit_outbox",
-        sa.Column("idx", INDEX, autoincrement=False, nullable=False),
-        sa.Column("payload", sa.LargeBinary, nullable=False),
-        sa.PrimaryKeyConstraint("idx", name="pk_audit_outbox"),
-    )
-    op.create_table(
         "audit_relay_offsets",
         sa.Column("relay", sa.String(64), nullable=False),
         sa.Column("next_index", sa.BigInteger, nullable=False),
@@ -90,7 +84,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("audit_relay_offsets")
-    op.drop_table("audit_outbox")
     op.drop_table("audit_tree_nodes")
     op.drop_table("audit_checkpoints")
     op.drop_table("audit_query_index")
