@@ -25,7 +25,7 @@ import grpc
 from audit.events import AuditEvent, AuditSink, EventKind, SubjectId
 from exchange.consent_uses import ConsentUses
 from exchange.errors import ExchangeError, as_exchange_error
-from exchange.hub.gate import Catalogue
+from exchange.hub.gate import CALL_SNAPSHOT, Catalogue
 from exchange.hub.outcomes import failure_metadata, outcome_of
 from exchange.hub.policy import (
     MAX_CODE,
@@ -166,7 +166,7 @@ class LookupServicer(lookup_pb2_grpc.LookupServiceServicer):
         trail.request_id = request_id_of(request)
         checked = check_request(request, trail.request_id)
         trail.subject = checked.subject
-        snapshot = await self._catalogue.snapshot()
+        snapshot = CALL_SNAPSHOT.get() or await self._catalogue.snapshot()
         department = snapshot.department(trail.department)
         quota = department.quota if department is not None else UNLIMITED
         with self._quotas.admit(trail.department, quota):

@@ -176,7 +176,7 @@ class Hub:
             await self.relay.stop()
             self.relay = None
         if self.registry is not None:
-            self.registry.close()
+            await self.registry.aclose()
             self.registry = None
         if self.engine is not None:
             self.engine.dispose()

@@ -3,7 +3,8 @@
 Each change is one transaction that first bumps the registry version row. That row lock makes
 concurrent changes (from any hub process) queue, so the existence and reference checks that
 follow see every earlier change; and a hub learns its cached snapshot is stale from one cheap
-query on its next look-up.
+read of that row on its next look-up (exchange/registry/version.py: inline on SQLite, shared
+between concurrent callers elsewhere), which is never older than the call asking.
 
 Register refuses a taken code with ALREADY_EXISTS, update an unknown one with NOT_FOUND; a
 record that is malformed or names an unknown department or type is INVALID_ARGUMENT.
@@ -43,6 +44,7 @@ from exchange.registry.validation import (
     checked_department,
     checked_grant,
 )
+from exchange.registry.version import VersionReader
 
 R = TypeVar("R", bound=Record)
 
@@ -68,6 +70,7 @@ class RegistryStore:
         self._engine = engine
         self._snapshot: RegistrySnapshot | None = None
         self._reload = threading.Lock()
+        self._version = VersionReader(engine)
 
     # Departments
 
@@ -173,13 +176,23 @@ class RegistryStore:
 
     # Snapshots
 
-    async def snapshot(self) -> RegistrySnapshot:
-        """The catalogue now: cached, reloaded only when the registry version has changed."""
-        return await asyncio.to_thread(self._current_snapshot)
+    async def aclose(self) -> None:
+        """Close the version reader's own connections (the engine stays the caller's)."""
+        await self._version.aclose()
 
-    def _current_snapshot(self) -> RegistrySnapshot:
-        with self._engine.connect() as conn:
-            version = rows.read_version(conn)
+    async def snapshot(self) -> RegistrySnapshot:
+        """The catalogue now: cached, reloaded only when the registry version has changed.
+
+        The version is read after this call began, so any change committed before it, by this
+        process or another, is in the snapshot returned.
+        """
+        version = await self._version.read()
+        cached = self._snapshot
+        if cached is not None and cached.version >= version:
+            return cached
+        return await asyncio.to_thread(self._current_snapshot, version)
+
+    def _current_snapshot(self, version: int) -> RegistrySnapshot:
         cached = self._snapshot
         # Versions only grow; a newer snapshot another thread loaded meanwhile is as good.
         if cached is not None and cached.version >= version:
