@@ -33,6 +33,7 @@ class HubOnlyGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def __init__(self, revocations: RevocationList | None = None) -> None:
         self._revocations = revocations
+        self._guarded: dict[str, tuple[Any, Any]] = {}
 
     async def intercept_service(
         self,
@@ -44,6 +45,15 @@ class HubOnlyGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         method: str = handler_call_details.method
         if handler is None or not method.startswith(GUARDED_PREFIX):
             return handler
+        # The wrapping depends only on the method and its handler: build it once, not per call.
+        cached = self._guarded.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._guard(method, handler)
+        self._guarded[method] = (handler, wrapped)
+        return wrapped
+
+    def _guard(self, method: str, handler: Any) -> Any:
         # Every AdapterService method is unary-unary; a new streaming method must be added here.
         if handler.unary_unary is None:
             raise TypeError(f"{method}: the hub-only gate handles unary methods only")

@@ -25,13 +25,18 @@ always a bound parameter and column names come only from the config, never from 
     fields = { head_of_household = "head" }
 
 The synchronous engine runs in worker threads (asyncio.to_thread), so the event loop never
-waits on the database.
+waits on the database, with one exception: a local SQLite file is read on the event loop
+(`InlineSqlite`), because one indexed row costs microseconds there and a round trip through a
+worker thread costs far more CPU than the read itself. A read that finds the file locked for
+longer than a moment goes to a worker thread like any other.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import tzinfo
@@ -109,7 +114,7 @@ class SqlCertificateType:
             fields=fields,
         )
 
-    def record(self, row: RowMapping) -> Record:
+    def record(self, row: Mapping[Any, Any]) -> Record:
         """The Record for one result row; ValueError when a configured column is missing."""
         missing = [name for name in self._columns() if name not in row]
         if missing:
@@ -190,12 +195,82 @@ def _resolve_sqlite_path(url: str, base_dir: Path) -> str:
     return resolved.render_as_string(hide_password=False)
 
 
+# How long a read on the event loop waits for a writer's lock before it moves to a thread.
+INLINE_BUSY_TIMEOUT_S = 0.02
+
+
+class InlineSqlite:
+    """Reads of one SQLite file on the calling thread, with the statements compiled once.
+
+    Results are the sqlite3 module's own values, exactly what the engine would return for
+    these untyped columns. Any sqlite3.Error (a lock held too long, a missing table) is the
+    caller's cue to read through the engine instead, which reports it properly.
+    """
+
+    def __init__(self, path: str, dialect: sa.Dialect) -> None:
+        self._path = path
+        self._dialect = dialect
+        self._connection: sqlite3.Connection | None = None
+        self._compiled: dict[int, tuple[str, tuple[str, ...], dict[str, Any]]] = {}
+
+    def first_row(self, statement: sa.Executable, subject_id: str) -> dict[str, Any] | None:
+        """The statement's first row as a column -> value mapping, or None."""
+        sql, positions, defaults = self._compile(statement)
+        values = {**defaults, "subject_id": subject_id}
+        cursor = self._connect().execute(sql, tuple(values[name] for name in positions))
+        try:
+            row = cursor.fetchone()
+        finally:
+            cursor.close()  # ends the read transaction: no WAL snapshot stays pinned
+        if row is None:
+            return None
+        return dict(zip((c[0] for c in cursor.description), row, strict=True))
+
+    def close(self) -> None:
+        """Close the connection (it is reopened by the next read)."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(sqlite3.Error):
+                connection.close()
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._connection is None:
+            connection = sqlite3.connect(
+                self._path,
+                timeout=INLINE_BUSY_TIMEOUT_S,
+                isolation_level=None,  # autocommit: each read sees the latest commit
+                check_same_thread=False,  # only ever used synchronously, from the event loop
+            )
+            connection.execute("PRAGMA query_only = ON")
+            self._connection = connection
+        return self._connection
+
+    def _compile(self, statement: sa.Executable) -> tuple[str, tuple[str, ...], dict[str, Any]]:
+        found = self._compiled.get(id(statement))
+        if found is None:
+            compiled = statement.compile(dialect=self._dialect)  # type: ignore[attr-defined]
+            found = (str(compiled), tuple(compiled.positiontup or ()), dict(compiled.params))
+            self._compiled[id(statement)] = found
+        return found
+
+
+def _sqlite_file(engine: sa.Engine) -> str | None:
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        return None
+    if database.startswith("file:"):  # a URI filename with options: leave it to the engine
+        return None
+    return database
+
+
 class SqlBackend(Backend):
     """Records from SQL tables or queries, one engine per node."""
 
     def __init__(self, config: SqlBackendConfig) -> None:
         self.config = config
         self.engine = sa.create_engine(config.url, pool_pre_ping=True)
+        path = _sqlite_file(self.engine)
+        self._inline = InlineSqlite(path, self.engine.dialect) if path else None
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any], base_dir: Path) -> SqlBackend:
@@ -207,8 +282,15 @@ class SqlBackend(Backend):
         return {code: tuple(spec.fields) for code, spec in self.config.certificate_types.items()}
 
     async def fetch(self, certificate_type: str, subject: SubjectId) -> Record | None:
-        """The subject's record of that type, read in a worker thread."""
+        """The subject's record of that type (from a worker thread, but see InlineSqlite)."""
         spec = self.config.certificate_types[certificate_type]
+        if self._inline is not None:
+            try:
+                found = self._inline.first_row(spec.statement, subject.id)
+            except sqlite3.Error:
+                self._inline.close()  # the engine's read below says what is wrong, if anything
+            else:
+                return None if found is None else spec.record(found)
         try:
             row = await asyncio.to_thread(self._first_row, spec.statement, subject.id)
         except sa.exc.OperationalError as exc:
@@ -224,4 +306,6 @@ class SqlBackend(Backend):
 
     async def close(self) -> None:
         """Close the engine's pooled connections."""
+        if self._inline is not None:
+            self._inline.close()
         await asyncio.to_thread(self.engine.dispose)
