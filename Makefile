@@ -24,6 +24,10 @@ lint: $(BIN)/exchange
 typecheck: $(BIN)/exchange
 	$(BIN)/mypy
 
+# The hub against a bare gRPC baseline on loopback; e.g. make bench BENCH_ARGS="--postgres URL".
+bench: $(BIN)/exchange
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
 protos: $(BIN)/exchange
 	$(BIN)/python scripts/generate_protos.py
 
