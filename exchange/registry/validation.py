@@ -38,7 +38,9 @@ FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 HOST_NAME = re.compile(
     r"[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)*"
 )
-PURPOSE_LENGTH = 128
+# As long as LookupRequest.purpose may be (exchange/hub/policy.py MAX_CODE): a longer
+# purpose could be granted but never asked for.
+PURPOSE_LENGTH = CODE_LENGTH
 DESCRIPTION_LENGTH = 1000
 ED25519_KEY_BYTES = 32
 # Quota numbers are stored as 32-bit integers; far beyond what one hub can serve anyway.

@@ -459,6 +459,13 @@ REFUSALS: list[tuple[str, Change, grpc.StatusCode, str]] = [
         "grant.purposes[0]: required",
     ),
     (
+        # A lookup's purpose is at most 64 characters: a longer one could never be asked for.
+        "grant with a purpose longer than a lookup may carry",
+        lambda s, c: s.register_grant(dataclasses.replace(allowance_grant(), purposes=("p" * 65,))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "grant.purposes[0]: longer than 64 characters",
+    ),
+    (
         "grant without fields",
         lambda s, c: s.register_grant(dataclasses.replace(allowance_grant(), fields=())),
         grpc.StatusCode.INVALID_ARGUMENT,
