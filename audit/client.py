@@ -228,8 +228,9 @@ def _print_json(entries: Sequence[audit_pb2.AuditEntry]) -> None:
 _REPORT_COLUMNS: tuple[tuple[str, Callable[[audit_pb2.AuditEntry], str]], ...] = (
     ("time (UTC)", lambda e: e.time.ToDatetime(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")),
     ("department", lambda e: e.requester_department),
-    ("operator", lambda e: e.operator_id),
-    ("certificate type", lambda e: e.certificate_type),
+    # An auditor's query of a subject is an access too: name who and what kind of event.
+    ("operator", lambda e: e.operator_id or e.caller),
+    ("certificate type", lambda e: e.certificate_type or f"({e.event.replace('_', ' ')})"),
     ("purpose", lambda e: e.purpose),
     ("matter", lambda e: e.matter_id),
     ("fields released", lambda e: ", ".join(e.fields_released)),

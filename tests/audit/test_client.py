@@ -133,3 +133,19 @@ def test_report_columns_line_up_with_chinese_text() -> None:
     assert all(line.split()[-1] == str(i) for i, line in enumerate(lines[2:]))
     assert "2026-01-01 00:00:00" in lines[2]
     assert format_access_report([]) == "(no entries)"
+
+
+def test_report_names_an_auditor_who_looked_at_the_subject() -> None:
+    query = audit_pb2.AuditEntry(
+        index=7,
+        event="audit_query",
+        caller="auditor-li",
+        requester_department="EXCHANGE",
+        outcome=audit_pb2.GRANTED,
+        status="OK",
+    )
+
+    row = format_access_report([query]).splitlines()[2]
+
+    assert "auditor-li" in row
+    assert "(audit query)" in row
