@@ -27,13 +27,14 @@ from typing import IO
 
 import sqlalchemy as sa
 
+from audit.store import SCHEMA
 from audit.tables import audit_entries, audit_relay_offsets
 
 log = logging.getLogger(__name__)
 
-# PostgreSQL advisory lock key held by the publishing relay (the audit log's own keys are
-# 0x0A0D17_0001 for appends and 0x0A0D17_0002 for the sequencer).
-RELAY_LOCK = 0x0A0D17_0003
+# PostgreSQL advisory lock held by the publishing relay: (RELAY_LOCK, hash of the schema), as
+# the audit log's own locks (audit.store: APPEND_LOCK, SEQUENCER_LOCK).
+RELAY_LOCK = 0x0A0D17_03
 
 _RELAY_NAME_LENGTH = 64
 
@@ -147,7 +148,7 @@ class Leadership:
         connection, self._connection = self._connection, None
         if connection is not None:
             try:
-                connection.execute(sa.select(sa.func.pg_advisory_unlock(RELAY_LOCK)))
+                connection.execute(sa.select(sa.func.pg_advisory_unlock(RELAY_LOCK, SCHEMA)))
                 connection.commit()
             except sa.exc.DBAPIError:
                 pass  # the session is gone, and its lock with it
@@ -170,7 +171,7 @@ class Leadership:
         connection = self._engine.connect()
         try:
             held = connection.execute(
-                sa.select(sa.func.pg_try_advisory_lock(RELAY_LOCK))
+                sa.select(sa.func.pg_try_advisory_lock(RELAY_LOCK, SCHEMA))
             ).scalar_one()
             connection.commit()
         except BaseException:

@@ -130,12 +130,16 @@ class Sequencer:
         with self.engine.connect() as conn:
             conn.execution_options(isolation_level="AUTOCOMMIT")
             function = sa.func.pg_advisory_lock if wait else sa.func.pg_try_advisory_lock
-            acquired = conn.execute(sa.select(function(store.SEQUENCER_LOCK))).scalar()
+            acquired = conn.execute(
+                sa.select(function(store.SEQUENCER_LOCK, store.SCHEMA))
+            ).scalar()
             if wait or acquired:
                 try:
                     yield True
                 finally:
-                    conn.execute(sa.select(sa.func.pg_advisory_unlock(store.SEQUENCER_LOCK)))
+                    conn.execute(
+                        sa.select(sa.func.pg_advisory_unlock(store.SEQUENCER_LOCK, store.SCHEMA))
+                    )
             else:
                 yield False
 

@@ -25,9 +25,12 @@ from audit.tables import (
 )
 from exchange.db import metadata
 
-# Advisory lock keys (PostgreSQL): one serialises appends, one elects the sequencer.
-APPEND_LOCK = 0x0A0D17_0001
-SEQUENCER_LOCK = 0x0A0D17_0002
+# Advisory locks (PostgreSQL): one serialises appends, one elects the sequencer. A lock is
+# the pair (key, hash of the schema), so logs in different schemas of one database (several
+# exchanges, or test schemas) never wait for each other.
+APPEND_LOCK = 0x0A0D17_01
+SEQUENCER_LOCK = 0x0A0D17_02
+SCHEMA = sa.func.hashtext(sa.func.current_schema())
 
 Sealer = Callable[[PreparedEntry, int], SealedEntry]
 
@@ -75,7 +78,9 @@ def append_batch(
             if conn.dialect.name == "sqlite":
                 cursor.execute("BEGIN IMMEDIATE")  # see begin_immediate()
             else:
-                cursor.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
+                cursor.execute(
+                    "SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (APPEND_LOCK,)
+                )
             # Read under the lock, in a statement of its own so that on PostgreSQL its
             # snapshot is taken after the lock was granted.
             cursor.execute(f"SELECT max(idx) FROM {audit_entries.name}")  # noqa: S608
