@@ -196,6 +196,9 @@ def _verify_lines(verifier: LogVerifier, lines: Iterator[bytes]) -> None:
             verifier.entry(*fast)  # raises: the fast path above refused this line
         else:
             _slow_line(verifier, line, number)
+            # A frontier line replaces the verifier's frontier: entries after it must extend
+            # that one, not the empty tree the loop started with.
+            frontier = verifier.frontier
 
 
 def _entry_fields(line: bytes) -> tuple[int, bytes, bytes, int] | None:

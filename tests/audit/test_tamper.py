@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from pathlib import Path
 
@@ -298,6 +299,30 @@ async def test_partial_export_verifies_from_its_frontier(
         await write_export_async(filled.export_records(37, 81), out)
     result = verify_export(path, audit_config.public_key)
     assert (result.first_index, result.entries, result.tree_size) == (37, 44, 81)
+
+
+async def test_entries_slipped_in_before_a_partial_export_are_caught(
+    filled: AuditLog, tmp_path: Path, audit_config: AuditConfig
+) -> None:
+    path = tmp_path / "part.jsonl"
+    with path.open("wb") as out:
+        await write_export_async(filled.export_records(37, 81), out)
+    content = lines(path)
+    # A forged entry numbered from 0, well-formed and with a matching leaf hash, placed
+    # between the frontier (entries 0..36) and the real entry 37.
+    leaf = b'{"caller":"FORGED","index":0}'
+    forged = (
+        b'{"index":0,"leaf_hash":"'
+        + hashlib.sha256(b"\x00" + leaf).hexdigest().encode()
+        + b'","entry":'
+        + leaf
+        + b"}\n"
+    )
+    rewrite(path, [content[0], forged, *content[1:]])
+
+    with pytest.raises(VerificationError) as failure:
+        verify_export(path, audit_config.public_key)
+    assert failure.value.index == 37
 
 
 async def test_cli_verify_prints_ok_or_the_failing_index(
