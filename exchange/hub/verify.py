@@ -18,6 +18,7 @@ import grpc
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf.message import DecodeError
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from audit.events import SubjectId
 from exchange.errors import ExchangeError
@@ -81,7 +82,7 @@ def verify_document(
     document = _parse(signed.payload)
     _check_signing_time(document, key, now)
     _check_binding(document, expected)
-    if document.HasField("valid_until") and document.valid_until.ToDatetime(tzinfo=UTC) <= now:
+    if document.HasField("valid_until") and _time(document.valid_until) <= now:
         raise IntegrityError("document validity has ended")
     extra = sorted(set(document.fields) - set(expected.fields))
     if extra:
@@ -92,6 +93,13 @@ def verify_document(
 @functools.lru_cache(maxsize=1024)
 def _public_key(raw: bytes) -> Ed25519PublicKey:
     return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def _time(timestamp: Timestamp) -> datetime:
+    try:
+        return timestamp.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise IntegrityError("document has an invalid timestamp") from None
 
 
 def _parse(payload: bytes) -> common_pb2.Document:
@@ -106,13 +114,16 @@ def _parse(payload: bytes) -> common_pb2.Document:
 def _check_signing_time(document: common_pb2.Document, key: SigningKey, now: datetime) -> None:
     if not document.HasField("signed_at"):
         raise IntegrityError("document has no signing time")
-    signed_at = document.signed_at.ToDatetime(tzinfo=UTC)
-    if not key.is_valid_at(signed_at):
+    signed_at = _time(document.signed_at)
+    # The node signs each copy when the hub asks for it. A signing time far from now is a
+    # replayed or backdated copy, e.g. by a holder of a retired key claiming a time inside
+    # its window; so the key must be valid now, too.
+    if abs(signed_at - now) > CLOCK_SKEW:
+        raise IntegrityError("document was not signed for this request just now")
+    if not (key.is_valid_at(signed_at) and key.is_valid_at(now)):
         raise IntegrityError(
             f"signing key {key.key_id!r} was not valid when the document was signed"
         )
-    if signed_at > now + CLOCK_SKEW:
-        raise IntegrityError("document is signed in the future")
 
 
 def _check_binding(document: common_pb2.Document, expected: Expected) -> None:

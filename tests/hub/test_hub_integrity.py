@@ -61,6 +61,11 @@ class RogueAdapter(adapter_pb2_grpc.AdapterServiceServicer):  # type: ignore[mis
             document.issuer = "AMR"
         elif trick == "expired":
             document.valid_until.FromDatetime(dt.datetime(2020, 1, 1, tzinfo=dt.UTC))
+        elif trick == "backdated":
+            # As a holder of a retired key would: claim a signing time inside its window.
+            document.signed_at.FromDatetime(dt.datetime(2019, 3, 1, tzinfo=dt.UTC))
+        elif trick == "absurd-time":
+            document.valid_until.seconds = 2**62
         elif trick == "bad-signature":
             key = self.impostor  # signed by someone else, claiming PSB's key id
         elif trick == "unknown-key":
@@ -126,6 +131,8 @@ async def test_the_rogue_node_played_straight_is_believed(
         ("other-type", "document is a 'criminal_record'"),
         ("other-issuer", "document issuer 'AMR' is not 'PSB'"),
         ("expired", "document validity has ended"),
+        ("backdated", "document was not signed for this request just now"),
+        ("absurd-time", "document has an invalid timestamp"),
     ],
 )
 async def test_a_document_the_issuer_did_not_sign_for_this_request_is_withheld(
