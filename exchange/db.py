@@ -38,6 +38,8 @@ def normalise_url(url: str) -> str:
 def make_engine(url: str, **kwargs: Any) -> sa.Engine:
     """An engine for `url`; SQLite files get WAL, full fsync on commit and a busy timeout."""
     url = normalise_url(url)
+    # Errors would otherwise quote bound parameters (subject ids among them) into logs.
+    kwargs.setdefault("hide_parameters", True)
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, connect_args={"timeout": 30}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)

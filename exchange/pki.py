@@ -190,6 +190,11 @@ def _certificate_to_renew(
         found = index.find(serial=serial)
         if not found:
             raise ValueError(f"serial {format_serial(serial)} is not in this CA's index")
+        if found[0].revoked_at is not None:
+            # Renewing would hand a revoked (perhaps compromised) holder a valid certificate.
+            raise ValueError(
+                f"serial {format_serial(serial)} is revoked; issue a new identity instead"
+            )
         return found[0]
     candidates = [r for r in index.find(name=name) if r.revoked_at is None]
     if not candidates:

@@ -86,7 +86,7 @@ def _valid_resident_id(raw: str) -> str:
     if value[17] not in _DIGITS + "X":
         raise _bad_id(f"resident ID character 18 is {value[17]!r}, must be a digit or 'X'")
     if value[0] not in "12345678":
-        raise _bad_id(f"region code {value[:6]} is not valid, its first digit must be 1-8")
+        raise _bad_id("region code (characters 1-6) is not valid, its first digit must be 1-8")
     _check_birth_date(value[6:14])
     _check_character(value[17], _resident_check(value[:17]))
     return value
@@ -96,11 +96,11 @@ def _check_birth_date(text: str) -> None:
     try:
         birth = dt.date(int(text[:4]), int(text[4:6]), int(text[6:]))
     except ValueError:
-        raise _bad_id(f"birth date {text} is not a date") from None
+        raise _bad_id("birth date (characters 7-14) is not a date") from None
     if birth < _EARLIEST_BIRTH:
-        raise _bad_id(f"birth date {text} is before 1900")
+        raise _bad_id("birth date (characters 7-14) is before 1900")
     if birth > dt.datetime.now(_CHINA).date():
-        raise _bad_id(f"birth date {text} is in the future")
+        raise _bad_id("birth date (characters 7-14) is in the future")
 
 
 def _resident_check(body: str) -> str:

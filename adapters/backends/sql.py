@@ -268,7 +268,8 @@ class SqlBackend(Backend):
 
     def __init__(self, config: SqlBackendConfig) -> None:
         self.config = config
-        self.engine = sa.create_engine(config.url, pool_pre_ping=True)
+        # hide_parameters: a failed query must not quote the subject id into the logs.
+        self.engine = sa.create_engine(config.url, pool_pre_ping=True, hide_parameters=True)
         path = _sqlite_file(self.engine)
         self._inline = InlineSqlite(path, self.engine.dialect) if path else None
 

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from google.protobuf import timestamp_pb2
 
 from audit.events import SubjectId
+from exchange.errors import invalid_argument
 from exchange.v1 import common_pb2, registry_pb2
 
 ED25519 = "Ed25519"
@@ -39,7 +40,10 @@ def _from_timestamp(message: Any, field: str) -> datetime | None:
     if not message.HasField(field):
         return None
     timestamp: timestamp_pb2.Timestamp = getattr(message, field)
-    return timestamp.ToDatetime(tzinfo=UTC)
+    try:
+        return timestamp.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise invalid_argument(f"{field}: timestamp out of range") from None
 
 
 def _to_timestamp(when: datetime | None) -> timestamp_pb2.Timestamp | None:

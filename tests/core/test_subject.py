@@ -89,16 +89,16 @@ def test_lower_case_is_normalised_to_upper_case() -> None:
         (
             RESIDENT,
             "010105194912310021",
-            "subject.id: region code 010105 is not valid, its first digit must be 1-8",
+            "subject.id: region code (characters 1-6) is not valid, its first digit must be 1-8",
         ),
         (
             RESIDENT,
             "910105194912310021",
-            "subject.id: region code 910105 is not valid, its first digit must be 1-8",
+            "subject.id: region code (characters 1-6) is not valid, its first digit must be 1-8",
         ),
-        (RESIDENT, "110105199913310021", "subject.id: birth date 19991331 is not a date"),
-        (RESIDENT, "110105199902290021", "subject.id: birth date 19990229 is not a date"),
-        (RESIDENT, "110105189912310021", "subject.id: birth date 18991231 is before 1900"),
+        (RESIDENT, "110105199913310021", "subject.id: birth date (characters 7-14) is not a date"),
+        (RESIDENT, "110105199902290021", "subject.id: birth date (characters 7-14) is not a date"),
+        (RESIDENT, "110105189912310021", "subject.id: birth date (characters 7-14) is before 1900"),
         (RESIDENT, "110105194912310021", "subject.id: check character is '1', expected 'X'"),
         (RESIDENT, "11010519491231003X", "subject.id: check character is 'X', expected '8'"),
         (
@@ -138,7 +138,7 @@ def test_birth_date_in_the_future_is_refused() -> None:
     tomorrow = dt.datetime.now(CHINA).date() + dt.timedelta(days=1)
     identifier = make_resident_id("110105", tomorrow, 1)
     assert refusal(RESIDENT, identifier) == (
-        f"subject.id: birth date {tomorrow:%Y%m%d} is in the future"
+        "subject.id: birth date (characters 7-14) is in the future"
     )
 
 

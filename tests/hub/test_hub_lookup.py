@@ -132,7 +132,7 @@ async def test_an_organisation_subject_is_looked_up_at_its_own_issuer(world: Hub
         (resident(ZHANG[:17]), "subject.id: resident ID must be 18 characters, got 17"),
         (resident(ZHANG[:6] + "A" + ZHANG[7:]), "subject.id: resident ID character 7 is 'A'"),
         (resident(ZHANG[:17] + ("0" if ZHANG[17] != "0" else "1")), "subject.id: check character"),
-        (resident("110101" + "20991231" + "1234"), "subject.id: birth date 20991231"),
+        (resident("110101" + "20991231" + "1234"), "subject.id: birth date (characters 7-14)"),
     ],
 )
 async def test_a_malformed_subject_is_refused_naming_the_problem(

@@ -6,6 +6,8 @@ import base64
 import json
 from datetime import UTC, datetime, timedelta
 
+import grpc
+import pytest
 from registry.registry_catalogue import (
     JAN_2025,
     JAN_2030,
@@ -15,6 +17,7 @@ from registry.registry_catalogue import (
     resident_identity,
 )
 
+from exchange.errors import ExchangeError
 from exchange.registry import CertificateType, DataSource, Department, Grant, SigningKey, to_json
 from exchange.v1 import common_pb2, registry_pb2
 
@@ -74,3 +77,14 @@ def test_signing_key_window_is_open_where_unset() -> None:
     key = SigningKey(key_id="k", public_key=b"\x00" * 32, not_after=JAN_2030)
     assert key.is_valid_at(datetime(1990, 1, 1, tzinfo=UTC))
     assert not key.is_valid_at(JAN_2030)
+
+
+def test_a_timestamp_out_of_range_is_an_invalid_argument_naming_the_field() -> None:
+    message = registry_pb2.Grant(id="g-1", certificate_type="resident_identity")
+    message.valid_until.seconds = 2**62
+
+    with pytest.raises(ExchangeError) as refused:
+        Grant.from_proto(message)
+
+    assert refused.value.status == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.message == "valid_until: timestamp out of range"

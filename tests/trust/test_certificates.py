@@ -122,6 +122,16 @@ def test_renewal_by_a_name_two_holders_share_is_refused(ca_dir: Path, tmp_path: 
         renew_identity(ca_dir, name="counter")
 
 
+def test_a_revoked_certificate_cannot_be_renewed(ca_dir: Path, tmp_path: Path) -> None:
+    files = issue_identity(ca_dir, tmp_path, "counter", "department", "MCA")
+    serial = load(files.cert).serial_number
+    revoke_certificates(ca_dir, serial=serial, reason="key_compromise")
+
+    with pytest.raises(ValueError, match="is revoked; issue a new identity instead"):
+        renew_identity(ca_dir, serial=serial)
+    assert len(CertificateIndex(ca_dir).find(name="counter")) == 1
+
+
 # --- revocation and the CRL --------------------------------------------------------------------
 
 

@@ -111,17 +111,17 @@ SHAPE: list[tuple[str, Build, str]] = [
     (
         "resident id born on 30 February",
         lambda h: lookup_request(subject=resident(with_check("11010119900230123"))),
-        "subject.id: birth date 19900230 is not a date",
+        "subject.id: birth date (characters 7-14) is not a date",
     ),
     (
         "resident id born in the future",
         lambda h: lookup_request(subject=resident(with_check("11010120990101123"))),
-        "subject.id: birth date 20990101 is in the future",
+        "subject.id: birth date (characters 7-14) is in the future",
     ),
     (
         "resident id of no region",
         lambda h: lookup_request(subject=resident(with_check("91010119900517123"))),
-        "subject.id: region code 910101 is not valid",
+        "subject.id: region code (characters 1-6) is not valid",
     ),
     (
         "resident id in full-width digits",
