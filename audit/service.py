@@ -226,14 +226,12 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         if sealed:
             try:
                 subject = self.log.keys.unseal(base64.b64decode(sealed), stored.index)
+                kind = common_pb2.SubjectKind.Value(subject.kind)
             except (SealError, binascii.Error, ValueError):
+                # One damaged entry must not fail the whole page; verification names it.
                 log.warning("audit entry %d: sealed subject does not open", stored.index)
             else:
-                message.subject.CopyFrom(
-                    common_pb2.Subject(
-                        kind=common_pb2.SubjectKind.Value(subject.kind), id=subject.id
-                    )
-                )
+                message.subject.CopyFrom(common_pb2.Subject(kind=kind, id=subject.id))
         return message
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
+from google.protobuf.message import Message
 
 from audit.events import AuditEvent, AuditSink, EventKind, Outcome, SubjectId
 from exchange.errors import ExchangeError, as_exchange_error, translate_errors
@@ -62,7 +63,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.Department:
         """Register a department; ALREADY_EXISTS when its code is taken."""
         async with translate_errors(context):
-            department = Department.from_proto(request)
+            department = await self._parse("RegisterDepartment", request, Department.from_proto)
             stored = await self._register(
                 "RegisterDepartment", department, self._store.register_department
             )
@@ -73,7 +74,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.Department:
         """Replace a department and its signing keys; NOT_FOUND when it is not registered."""
         async with translate_errors(context):
-            department = Department.from_proto(request)
+            department = await self._parse("UpdateDepartment", request, Department.from_proto)
             stored = await self._update(
                 "UpdateDepartment", department, self._store.update_department
             )
@@ -92,7 +93,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.CertificateType:
         """Register a certificate type; ALREADY_EXISTS when its code is taken."""
         async with translate_errors(context):
-            certificate_type = CertificateType.from_proto(request)
+            certificate_type = await self._parse(
+                "RegisterCertificateType", request, CertificateType.from_proto
+            )
             stored = await self._register(
                 "RegisterCertificateType", certificate_type, self._store.register_certificate_type
             )
@@ -103,7 +106,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.CertificateType:
         """Replace a certificate type; NOT_FOUND when it is not registered."""
         async with translate_errors(context):
-            certificate_type = CertificateType.from_proto(request)
+            certificate_type = await self._parse(
+                "UpdateCertificateType", request, CertificateType.from_proto
+            )
             stored = await self._update(
                 "UpdateCertificateType", certificate_type, self._store.update_certificate_type
             )
@@ -124,7 +129,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.DataSource:
         """Register a data source; ALREADY_EXISTS when its id is taken."""
         async with translate_errors(context):
-            data_source = DataSource.from_proto(request)
+            data_source = await self._parse("RegisterDataSource", request, DataSource.from_proto)
             stored = await self._register(
                 "RegisterDataSource", data_source, self._store.register_data_source
             )
@@ -135,7 +140,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.DataSource:
         """Replace a data source; NOT_FOUND when it is not registered."""
         async with translate_errors(context):
-            data_source = DataSource.from_proto(request)
+            data_source = await self._parse("UpdateDataSource", request, DataSource.from_proto)
             stored = await self._update(
                 "UpdateDataSource", data_source, self._store.update_data_source
             )
@@ -154,7 +159,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.Grant:
         """Register a grant (id assigned when empty); ALREADY_EXISTS when its id is taken."""
         async with translate_errors(context):
-            grant = Grant.from_proto(request)
+            grant = await self._parse("RegisterGrant", request, Grant.from_proto)
             stored = await self._register("RegisterGrant", grant, self._store.register_grant)
             return stored.to_proto()
 
@@ -163,7 +168,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.Grant:
         """Replace a grant; NOT_FOUND when it is not registered."""
         async with translate_errors(context):
-            grant = Grant.from_proto(request)
+            grant = await self._parse("UpdateGrant", request, Grant.from_proto)
             stored = await self._update("UpdateGrant", grant, self._store.update_grant)
             return stored.to_proto()
 
@@ -180,7 +185,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.ConsentIssuer:
         """Register a consent issuer and its keys; ALREADY_EXISTS when its id is taken."""
         async with translate_errors(context):
-            issuer = ConsentIssuer.from_proto(request)
+            issuer = await self._parse("RegisterConsentIssuer", request, ConsentIssuer.from_proto)
             stored = await self._register(
                 "RegisterConsentIssuer", issuer, self._store.register_consent_issuer
             )
@@ -191,7 +196,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.ConsentIssuer:
         """Replace a consent issuer and its keys; NOT_FOUND when it is not registered."""
         async with translate_errors(context):
-            issuer = ConsentIssuer.from_proto(request)
+            issuer = await self._parse("UpdateConsentIssuer", request, ConsentIssuer.from_proto)
             stored = await self._update(
                 "UpdateConsentIssuer", issuer, self._store.update_consent_issuer
             )
@@ -212,7 +217,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.Delegation:
         """Register a delegation (id assigned when empty); ALREADY_EXISTS when its id is taken."""
         async with translate_errors(context):
-            delegation = Delegation.from_proto(request)
+            delegation = await self._parse("RegisterDelegation", request, Delegation.from_proto)
             stored = await self._register(
                 "RegisterDelegation", delegation, self._store.register_delegation
             )
@@ -223,7 +228,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.Delegation:
         """Replace a delegation (e.g. revoke it); NOT_FOUND when it is not registered."""
         async with translate_errors(context):
-            delegation = Delegation.from_proto(request)
+            delegation = await self._parse("UpdateDelegation", request, Delegation.from_proto)
             stored = await self._update(
                 "UpdateDelegation", delegation, self._store.update_delegation
             )
@@ -243,22 +248,28 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def _update(self, method: str, record: R, update: Callable[[R], tuple[R, R]]) -> R:
         return await self._change(method, record, lambda: update(record))
 
+    async def _parse(self, method: str, request: Message, parse: Callable[[Any], R]) -> R:
+        """The record a request carries; one that is not a record is refused, and audited."""
+        try:
+            return parse(request)
+        except ExchangeError as error:
+            await self._audit.append(
+                dataclasses.replace(
+                    _event(method),
+                    outcome=Outcome.REFUSED,
+                    status=error.status.name,
+                    # Not the request itself: a delegation's would carry resident ids in clear.
+                    reason=error.message,
+                )
+            )
+            raise
+
     async def _change(
         self, method: str, attempted: R, apply: Callable[[], tuple[R | None, R]]
     ) -> R:
         """Apply a change off the event loop, audit its outcome, and return the stored record."""
-        identity = current_identity()
-        event = AuditEvent(
-            event=EventKind.REGISTRY_CHANGE,
-            outcome=Outcome.GRANTED,
-            status=grpc.StatusCode.OK.name,
-            method=f"/{SERVICE}/{method}",
-            caller=identity.name,
-            requester_department=identity.department,
-            role=str(identity.role),
-            # A delegation is about its principal: the change shows in their access report.
-            subject=_principal_of(attempted),
-        )
+        # A delegation is about its principal: the change shows in their access report.
+        event = dataclasses.replace(_event(method), subject=_principal_of(attempted))
         try:
             before, after = await asyncio.to_thread(apply)
         except Exception as exc:
@@ -282,6 +293,20 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             )
         )
         return after
+
+
+def _event(method: str) -> AuditEvent:
+    """A registry change by the caller, as applied; callers replace what went otherwise."""
+    identity = current_identity()
+    return AuditEvent(
+        event=EventKind.REGISTRY_CHANGE,
+        outcome=Outcome.GRANTED,
+        status=grpc.StatusCode.OK.name,
+        method=f"/{SERVICE}/{method}",
+        caller=identity.name,
+        requester_department=identity.department,
+        role=str(identity.role),
+    )
 
 
 def _principal_of(record: Record) -> SubjectId | None:

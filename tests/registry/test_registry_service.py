@@ -203,6 +203,24 @@ async def test_updating_what_is_not_registered_is_not_found_and_audited(
     assert event.change_after == to_json(resident_identity())
 
 
+async def test_a_request_that_is_no_record_is_invalid_and_audited(registry: Registry) -> None:
+    await seed(registry.stub)
+    absurd = allowance_grant().to_proto()
+    absurd.valid_until.seconds = 2**62
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await registry.stub.RegisterGrant(absurd)
+
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details() == "valid_until: timestamp out of range"
+    event = registry.audit.events[-1]
+    assert (event.method, event.outcome, event.reason) == (
+        METHOD + "RegisterGrant",
+        Outcome.REFUSED,
+        "valid_until: timestamp out of range",
+    )
+
+
 async def test_grants_are_listed_per_requesting_department(registry: Registry) -> None:
     grant = await seed(registry.stub)
 
