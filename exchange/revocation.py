@@ -154,6 +154,7 @@ class RevocationList:
         self.path = path
         self._issuers = x509.load_pem_x509_certificates(ca_cert.read_bytes())
         self._revoked: frozenset[int] = frozenset()
+        self._number = -1  # CRLNumber of the list in force: an older list never replaces it
         self._seen: tuple[int, int, int] | None = None
         if required and not path.exists():
             raise FileNotFoundError(f"CRL {path} does not exist")
@@ -197,6 +198,15 @@ class RevocationList:
             crl = x509.load_der_x509_crl(data)
         if not any(_signed_by(crl, issuer) for issuer in self._issuers):
             raise ValueError(f"{self.path} is not signed by the trusted CA")
+        # A stale CRL put back in place is as well signed as the current one; accepting it
+        # would quietly un-revoke everything revoked since.
+        try:
+            number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+        except x509.ExtensionNotFound:
+            number = -1
+        if number < self._number:
+            raise ValueError(f"{self.path} is CRL number {number}, older than {self._number}")
+        self._number = number
         return frozenset(entry.serial_number for entry in crl)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -177,6 +178,20 @@ def test_a_revocation_list_rereads_the_crl_only_when_it_changes(
 
     assert revocations.is_revoked(serial)  # the next check sees it, no restart
     assert revocations.refresh() is False
+
+
+def test_an_older_crl_put_back_does_not_un_revoke(ca_dir: Path, tmp_path: Path) -> None:
+    files = issue_identity(ca_dir, tmp_path, "mca-case", "department", "MCA")
+    serial = load(files.cert).serial_number
+    before = (ca_dir / "ca.crl").read_bytes()  # signed by our CA, listing nobody
+    revocations = RevocationList(ca_dir / "ca.crl", ca_dir / "ca.pem")
+    revoke_certificates(ca_dir, serial=serial)
+    assert revocations.is_revoked(serial)
+
+    (ca_dir / "ca.crl").write_bytes(before)
+    os.utime(ca_dir / "ca.crl", ns=(1, 1))  # and its change is seen
+
+    assert revocations.is_revoked(serial)
 
 
 def test_a_crl_not_signed_by_our_ca_is_refused_then_ignored(ca_dir: Path, tmp_path: Path) -> None:
