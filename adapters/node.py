@@ -27,6 +27,7 @@ from exchange.errors import invalid_argument, not_found, translate_errors
 from exchange.pki import load_signing_key
 from exchange.revocation import revocation_list_for
 from exchange.subject import validate_subject
+from exchange.timestamps import set_timestamp
 from exchange.tls import server_credentials
 from exchange.v1 import adapter_pb2, adapter_pb2_grpc, common_pb2
 
@@ -104,10 +105,10 @@ class AdapterServicer(adapter_pb2_grpc.AdapterServiceServicer):
             fields={name: record.fields[name] for name in request.fields if name in record.fields},
             request_id=request.request_id,
         )
-        document.issued_at.FromDatetime(record.issued_at)
+        set_timestamp(document.issued_at, record.issued_at)
         if record.valid_until is not None:
-            document.valid_until.FromDatetime(record.valid_until)
-        document.signed_at.FromDatetime(datetime.now(UTC))
+            set_timestamp(document.valid_until, record.valid_until)
+        set_timestamp(document.signed_at, datetime.now(UTC))
         return document
 
     @staticmethod

@@ -10,6 +10,7 @@ from __future__ import annotations
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from exchange.ed25519 import Signer
 from exchange.pki import key_id_for
 from exchange.v1 import common_pb2
 
@@ -20,7 +21,7 @@ class DocumentSigner:
     """Signs Documents with one department key and names that key by its key id."""
 
     def __init__(self, private_key: Ed25519PrivateKey) -> None:
-        self._private_key = private_key
+        self._signer = Signer(private_key)
         self.public_key_raw: bytes = private_key.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
@@ -33,5 +34,5 @@ class DocumentSigner:
             payload=payload,
             key_id=self.key_id,
             algorithm=ALGORITHM,
-            signature=self._private_key.sign(payload),
+            signature=self._signer.sign(payload),
         )

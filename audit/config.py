@@ -30,12 +30,20 @@ class AuditConfig:
     secrets: Path  # 64 random bytes: HMAC key for subject pseudonyms, then AES-256-GCM key
     checkpoint_interval_seconds: float = 10.0
     max_batch: int = 1024  # most entries committed in one transaction
+    # Group commit: when at least `group_commit_siblings` other lookups are under way, a commit
+    # waits up to this long for them to join it (see AuditLog). 0 commits at once, always.
+    group_commit_wait_ms: float = 4.0
+    group_commit_siblings: int = 4
 
     def __post_init__(self) -> None:
         if self.checkpoint_interval_seconds <= 0:
             raise ValueError("audit.checkpoint_interval_seconds must be positive")
         if self.max_batch < 1:
             raise ValueError("audit.max_batch must be at least 1")
+        if not 0 <= self.group_commit_wait_ms <= 1000:
+            raise ValueError("audit.group_commit_wait_ms must be between 0 and 1000")
+        if self.group_commit_siblings < 1:
+            raise ValueError("audit.group_commit_siblings must be at least 1")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], base_dir: Path) -> AuditConfig:
@@ -52,6 +60,8 @@ class AuditConfig:
             secrets=base_dir / Path(str(d["secrets"])),
             checkpoint_interval_seconds=float(d.get("checkpoint_interval_seconds", 10.0)),
             max_batch=int(d.get("max_batch", 1024)),
+            group_commit_wait_ms=float(d.get("group_commit_wait_ms", 4.0)),
+            group_commit_siblings=int(d.get("group_commit_siblings", 4)),
         )
 
     @property

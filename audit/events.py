@@ -9,6 +9,7 @@ knows how entries are stored or hashed.
 from __future__ import annotations
 
 import enum
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -68,3 +69,8 @@ class AuditSink(Protocol):
     """Where events go. `append` returns once the entry is durable."""
 
     async def append(self, event: AuditEvent) -> lookup_pb2.Receipt: ...
+
+    def under_way(self) -> AbstractContextManager[object]:
+        """Held around work that will append when it ends (a lookup), so that the log can
+        let a commit wait a moment for it to join (group commit)."""
+        ...

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from audit.config import SECRETS_LENGTH, AuditConfig
 from audit.events import SubjectId
+from exchange.ed25519 import Signer
 from exchange.pki import key_id_for, load_signing_key
 
 ALGORITHM = "Ed25519"
@@ -39,6 +40,7 @@ class LogKeys:
     aead: AESGCM
     public_key_raw: bytes
     log_id: str  # key id of the public key; also the log's identity in receipts
+    signer: Signer  # signing_key, through libsodium (exchange/ed25519.py)
 
     @classmethod
     def load(cls, config: AuditConfig) -> LogKeys:
@@ -59,6 +61,7 @@ class LogKeys:
             aead=AESGCM(material[32:]),
             public_key_raw=raw,
             log_id=key_id_for(raw),
+            signer=Signer(signing_key),
         )
 
     def subject_ref(self, subject: SubjectId) -> str:
@@ -86,7 +89,7 @@ class LogKeys:
 
     def sign(self, message: bytes) -> bytes:
         """Ed25519 signature of `message` with the log key."""
-        return self.signing_key.sign(message)
+        return self.signer.sign(message)
 
 
 def _plain(subject: SubjectId) -> bytes:

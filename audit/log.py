@@ -8,6 +8,14 @@ root); then every waiting append is resolved. While a batch is being committed t
 gathers in the queue, so a burst of concurrent appends shares a few commits instead of paying
 one fsync each.
 
+Group commit goes one step further under load, as PostgreSQL's commit_delay does: callers
+hold `under_way()` around work that will append (the hub, around each lookup), and when at
+least `group_commit_siblings` others are under way, the writer waits up to
+`group_commit_wait_ms` before taking the next batch, so they join it. A commit costs an fsync
+and a signature whatever its size (about 0.25 ms of CPU on the development VM); at a thousand
+lookups a second, batches of one or two cost a fifth of the hub's CPU, batches of ten a
+twentieth. A lookup on its own never waits.
+
 Signing happens in the writer thread right after the commit rather than in a thread of its
 own: everything here but the fsync holds the GIL, so a second thread bought no parallelism,
 and handing each batch to it and back cost more than the signature (measured: 15%).
@@ -58,12 +66,14 @@ class AuditLog:
         self.entries_committed = 0
         self.seconds_storing = 0.0  # time the writer thread spent in those transactions
         self._queue: collections.deque[_Waiting] = collections.deque()
+        self._under_way = _Counter()
+        self._batch_in_flight = False  # the writer thread is committing a batch
         self._wakeup = asyncio.Event()
         self._closing = False
         self._writer: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._write_thread = concurrent.futures.ThreadPoolExecutor(1, "audit-writer")
-        self._connection: sa.Connection | None = None  # used by the writer thread only
+        self._connection: sa.Connection | None = None  # one committer at a time uses it
         self._sequence_thread = concurrent.futures.ThreadPoolExecutor(1, "audit-sequencer")
 
     @classmethod
@@ -105,12 +115,28 @@ class AuditLog:
         await asyncio.get_running_loop().run_in_executor(self._write_thread, self._close_connection)
         self._write_thread.shutdown()
         self._sequence_thread.shutdown()
+        log.info(
+            "audit log closed: %d entries committed in %d transactions",
+            self.entries_committed,
+            self.batches_committed,
+        )
+
+    def under_way(self) -> _Counter:
+        """Hold (`with log.under_way():`) around work that will append when it ends."""
+        return self._under_way
 
     async def append(self, event: AuditEvent) -> lookup_pb2.Receipt:
         """Record `event`; returns its signed receipt once the entry is durable."""
         if self._closing or self._writer is None:
             raise unavailable("audit log is not running; nothing can be recorded")
         prepared = entry.prepare(event, self.keys, entry.time_now())
+        # A lookup on its own (the one under way, nothing queued or being committed) commits
+        # inline. Anything else goes through the queue, so that a burst of appends from
+        # callers that do not say they are under way (refusals, say) still shares commits.
+        if self._under_way.count == 1 and not self._queue and not self._batch_in_flight:
+            receipt = self._append_alone(prepared)
+            if receipt is not None:
+                return receipt
         future: asyncio.Future[lookup_pb2.Receipt] = asyncio.get_running_loop().create_future()
         self._queue.append((prepared, future))
         self._wakeup.set()
@@ -145,35 +171,70 @@ class AuditLog:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
+                await self._let_others_join()
                 count = min(len(self._queue), self.config.max_batch)
                 batch = [self._queue.popleft() for _ in range(count)]
                 prepared = [item[0] for item in batch]
+                self._batch_in_flight = True
                 try:
                     receipts = await loop.run_in_executor(
                         self._write_thread, self._store_and_sign, prepared
                     )
                 except Exception as exc:
-                    failure = exc if isinstance(exc, ExchangeError) else _not_recorded(count, exc)
+                    failure = _as_failure(count, exc)
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(failure)
                     continue
+                finally:
+                    self._batch_in_flight = False
                 for (_, future), receipt in zip(batch, receipts, strict=True):
                     if not future.done():
                         future.set_result(receipt)
             if self._closing and not self._queue:
                 return
 
-    def _store_and_sign(self, prepared: Sequence[entry.PreparedEntry]) -> list[lookup_pb2.Receipt]:
-        """In the writer thread: commit `prepared` as the next entries, then sign them."""
+    def _append_alone(self, prepared: entry.PreparedEntry) -> lookup_pb2.Receipt | None:
+        """Commit one entry right here, when nothing else is appending; None if the append
+        lock is taken (by the sequencer, or another replica), to leave it to the writer.
+
+        With no other append to share a commit with, handing the entry to the writer thread
+        and its receipt back only adds two thread wake-ups to the caller's wait (about 0.25 ms
+        on the development VM). The commit blocks the event loop meanwhile, which has nothing
+        else to run then; the lock is only tried, never waited for.
+        """
+        try:
+            return self._store_and_sign([prepared], wait_for_lock=False)[0]
+        except store.AppendLockBusy:
+            return None
+        except Exception as exc:
+            raise _as_failure(1, exc) from exc
+
+    async def _let_others_join(self) -> None:
+        """Wait a moment before a commit when enough other appends are on their way."""
+        wait_ms = self.config.group_commit_wait_ms
+        coming = self._under_way.count - len(self._queue)
+        if wait_ms > 0 and coming >= self.config.group_commit_siblings and not self._closing:
+            await asyncio.sleep(wait_ms / 1000)
+
+    def _store_and_sign(
+        self, prepared: Sequence[entry.PreparedEntry], *, wait_for_lock: bool = True
+    ) -> list[lookup_pb2.Receipt]:
+        """Commit `prepared` as the next entries, then sign them (in the writer thread, or
+        inline by `_append_alone`; never both at once)."""
         keys = self.keys
         if self._connection is None:
             self._connection = store.writer_connection(self.engine)
         started = time.perf_counter()
         try:
             sealed = store.append_batch(
-                self._connection, prepared, lambda item, index: entry.seal(item, index, keys)
+                self._connection,
+                prepared,
+                lambda item, index: entry.seal(item, index, keys),
+                wait_for_lock=wait_for_lock,
             )
+        except store.AppendLockBusy:
+            raise
         except Exception:
             self._close_connection()  # it may be broken; the next batch connects afresh
             raise
@@ -207,6 +268,25 @@ class AuditLog:
                 await self._sequence(fresh=False)
             except Exception:
                 log.exception("audit log: sequencing failed; retrying next interval")
+
+
+class _Counter:
+    """A context manager counting who is inside it (one event loop; no lock needed)."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __enter__(self) -> None:
+        self.count += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.count -= 1
+
+
+def _as_failure(count: int, exc: Exception) -> ExchangeError:
+    return exc if isinstance(exc, ExchangeError) else _not_recorded(count, exc)
 
 
 def _not_recorded(count: int, exc: Exception) -> ExchangeError:

@@ -16,29 +16,17 @@ from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from google.protobuf import timestamp_pb2
 
 from audit import merkle
 from audit.keys import ALGORITHM, LogKeys
 from exchange.pki import key_id_for
+from exchange.timestamps import timestamp
 from exchange.v1 import audit_pb2, lookup_pb2
 
 
 class SignatureError(Exception):
     """A receipt or checkpoint is not signed by the expected log key, or does not prove what
     it claims."""
-
-
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-
-
-def timestamp(moment: dt.datetime) -> timestamp_pb2.Timestamp:
-    """A protobuf Timestamp of an aware datetime, to the microsecond."""
-    # Timestamp.FromDatetime() costs twice as much, and receipts are made per entry.
-    since = moment - _EPOCH
-    return timestamp_pb2.Timestamp(
-        seconds=since.days * 86400 + since.seconds, nanos=since.microseconds * 1000
-    )
 
 
 def sign_batch(

@@ -11,6 +11,7 @@ from its own threads.
 from __future__ import annotations
 
 import functools
+import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -33,6 +34,13 @@ SEQUENCER_LOCK = 0x0A0D17_02
 SCHEMA = sa.func.hashtext(sa.func.current_schema())
 
 Sealer = Callable[[PreparedEntry, int], SealedEntry]
+
+# How long a committer waits for the SQLite write lock (the sequencer, another process).
+SQLITE_LOCK_WAIT_MS = 30_000
+
+
+class AppendLockBusy(Exception):
+    """append_batch(wait_for_lock=False) found the append lock taken; nothing was stored."""
 
 
 def begin_immediate(conn: sa.Connection) -> None:
@@ -64,10 +72,15 @@ def writer_connection(engine: sa.Engine) -> sa.Connection:
 
 
 def append_batch(
-    conn: sa.Connection, prepared: Sequence[PreparedEntry], sealer: Sealer
+    conn: sa.Connection,
+    prepared: Sequence[PreparedEntry],
+    sealer: Sealer,
+    *,
+    wait_for_lock: bool = True,
 ) -> list[SealedEntry]:
     """Store `prepared` as the next entries of the log in one durable transaction; return
-    them sealed with their indexes."""
+    them sealed with their indexes. With wait_for_lock=False, raise AppendLockBusy at once
+    instead of waiting when another transaction holds the append lock."""
     # The DB-API connection directly, with plain tuples: this is the log's hot path, and
     # SQLAlchemy's statement handling cost more than the database's own work per batch.
     dbapi = conn.connection.dbapi_connection
@@ -75,12 +88,7 @@ def append_batch(
     try:
         cursor: Any = dbapi.cursor()
         try:
-            if conn.dialect.name == "sqlite":
-                cursor.execute("BEGIN IMMEDIATE")  # see begin_immediate()
-            else:
-                cursor.execute(
-                    "SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (APPEND_LOCK,)
-                )
+            _take_append_lock(cursor, conn.dialect, wait_for_lock)
             # Read under the lock, in a statement of its own so that on PostgreSQL its
             # snapshot is taken after the lock was granted.
             cursor.execute(f"SELECT max(idx) FROM {audit_entries.name}")  # noqa: S608
@@ -101,6 +109,28 @@ def append_batch(
         dbapi.rollback()
         raise
     return sealed
+
+
+def _take_append_lock(cursor: Any, dialect: sa.Dialect, wait: bool) -> None:
+    if dialect.name == "sqlite":
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_LOCK_WAIT_MS if wait else 0}")
+        try:
+            cursor.execute("BEGIN IMMEDIATE")  # see begin_immediate()
+        except sqlite3.OperationalError as exc:
+            if wait or "locked" not in str(exc):
+                raise
+            raise AppendLockBusy from exc
+        return
+    if wait:
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (APPEND_LOCK,)
+        )
+        return
+    cursor.execute(
+        "SELECT pg_try_advisory_xact_lock(%s, hashtext(current_schema()))", (APPEND_LOCK,)
+    )
+    if not cursor.fetchone()[0]:
+        raise AppendLockBusy
 
 
 def _insert_rows(

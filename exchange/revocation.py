@@ -223,11 +223,13 @@ def check_certificate(
     identity: Identity, revocations: RevocationList | None, now: dt.datetime
 ) -> None:
     """Raise unauthenticated(...) when the caller's certificate is revoked or has expired."""
-    serial = format_serial(identity.serial)
     if revocations is not None and revocations.is_revoked(identity.serial):
-        raise unauthenticated(f"certificate {serial} is revoked")
+        raise unauthenticated(f"certificate {format_serial(identity.serial)} is revoked")
     if now >= identity.not_after:
-        raise unauthenticated(f"certificate {serial} expired at {identity.not_after.isoformat()}")
+        raise unauthenticated(
+            f"certificate {format_serial(identity.serial)} expired at "
+            f"{identity.not_after.isoformat()}"
+        )
 
 
 def _signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:

@@ -14,6 +14,7 @@ same spelling in the audit log (whose subject look-ups hash the identifier).
 from __future__ import annotations
 
 import datetime as dt
+import operator
 
 from audit.events import SubjectId
 from exchange.errors import ExchangeError, invalid_argument
@@ -80,15 +81,17 @@ def _valid_resident_id(raw: str) -> str:
     if len(raw) != LENGTH:
         raise _bad_id(f"resident ID must be {LENGTH} characters, got {len(raw)}")
     value = raw[:17] + "X" if raw[17] == "x" else raw
-    for position, char in enumerate(value[:17], start=1):
-        if char not in _DIGITS:
-            raise _bad_id(f"resident ID character {position} is {char!r}, must be a digit")
+    body = value[:17]
+    if not (body.isascii() and body.isdigit()):  # the common case, checked in C
+        for position, char in enumerate(body, start=1):
+            if char not in _DIGITS:
+                raise _bad_id(f"resident ID character {position} is {char!r}, must be a digit")
     if value[17] not in _DIGITS + "X":
         raise _bad_id(f"resident ID character 18 is {value[17]!r}, must be a digit or 'X'")
     if value[0] not in "12345678":
         raise _bad_id("region code (characters 1-6) is not valid, its first digit must be 1-8")
     _check_birth_date(value[6:14])
-    _check_character(value[17], _resident_check(value[:17]))
+    _check_character(value[17], _resident_check(body))
     return value
 
 
@@ -104,7 +107,7 @@ def _check_birth_date(text: str) -> None:
 
 
 def _resident_check(body: str) -> str:
-    total = sum(int(char) * weight for char, weight in zip(body, _RESIDENT_WEIGHTS, strict=True))
+    total = sum(map(operator.mul, map(int, body), _RESIDENT_WEIGHTS))
     return _RESIDENT_CHECK[total % 11]
 
 

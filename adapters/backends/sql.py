@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sqlite3
 from collections.abc import Mapping
@@ -116,8 +117,8 @@ class SqlCertificateType:
 
     def record(self, row: Mapping[Any, Any]) -> Record:
         """The Record for one result row; ValueError when a configured column is missing."""
-        missing = [name for name in self._columns() if name not in row]
-        if missing:
+        if not row.keys() >= self._columns:
+            missing = [name for name in self._columns if name not in row]
             raise ValueError(f"certificate_types.{self.code}: result has no column {missing}")
         what = f"certificate_types.{self.code}"
         valid_until = None
@@ -131,9 +132,12 @@ class SqlCertificateType:
             fields={name: value for name, value in rendered.items() if value is not None},
         )
 
-    def _columns(self) -> list[str]:
-        columns = [self.document_id_column, self.issued_at_column, *self.fields.values()]
-        return columns + ([self.valid_until_column] if self.valid_until_column else [])
+    @functools.cached_property
+    def _columns(self) -> frozenset[str]:
+        columns = {self.document_id_column, self.issued_at_column, *self.fields.values()}
+        return frozenset(
+            columns | ({self.valid_until_column} if self.valid_until_column else set())
+        )
 
 
 def _table_statement(

@@ -133,6 +133,12 @@ class LookupServicer(lookup_pb2_grpc.LookupServiceServicer):
         self, request: lookup_pb2.LookupRequest, context: Any
     ) -> lookup_pb2.LookupResponse:
         """Release one signed document about one subject, or say why not; always audited."""
+        with self._audit.under_way():  # lets the audit log's group commit wait for this one
+            return await self._lookup(request, context)
+
+    async def _lookup(
+        self, request: lookup_pb2.LookupRequest, context: Any
+    ) -> lookup_pb2.LookupResponse:
         identity = current_identity()
         trail = _Trail(
             request=request,

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 IDLE_CHANNEL_SECONDS = 600.0
+IDLE_CHECK_SECONDS = 60.0  # how often fetches look for idle channels to close
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Router:
         self._adapter_timeout = adapter_timeout_seconds
         self._idle_seconds = idle_channel_seconds
         self._channels: dict[tuple[str, str], _Channel] = {}
+        self._next_idle_check = time.monotonic() + min(IDLE_CHECK_SECONDS, idle_channel_seconds)
 
     async def fetch(
         self,
@@ -61,7 +63,8 @@ class Router:
         (NOT_FOUND) is the answer; any other failure of one replica moves on to the next.
         Raises not_found, unavailable (every replica failed) or deadline_exceeded.
         """
-        await self._close_idle()
+        if time.monotonic() >= self._next_idle_check:
+            await self._close_idle()
         if not data_sources:
             raise unavailable(f"no data source is enabled for {request.certificate_type!r}")
         attempts = 0
@@ -115,7 +118,9 @@ class Router:
         return entry.stub
 
     async def _close_idle(self) -> None:
-        cutoff = time.monotonic() - self._idle_seconds
+        now = time.monotonic()
+        self._next_idle_check = now + min(IDLE_CHECK_SECONDS, self._idle_seconds)
+        cutoff = now - self._idle_seconds
         idle = [key for key, entry in self._channels.items() if entry.last_used < cutoff]
         for key in idle:
             await self._channels.pop(key).channel.close()

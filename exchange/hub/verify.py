@@ -9,18 +9,16 @@ document is withheld and the failure audited.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import grpc
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from audit.events import SubjectId
+from exchange import ed25519
 from exchange.errors import ExchangeError
 from exchange.registry.model import ED25519, SigningKey
 from exchange.registry.snapshot import RegistrySnapshot
@@ -75,10 +73,8 @@ def verify_document(
         )
     if key.algorithm != ED25519:
         raise IntegrityError(f"signing key {key.key_id!r} is not an {ED25519} key")
-    try:
-        _public_key(key.public_key).verify(signed.signature, signed.payload)
-    except (InvalidSignature, ValueError):
-        raise IntegrityError("issuer signature did not verify") from None
+    if not ed25519.verify(key.public_key, signed.signature, signed.payload):
+        raise IntegrityError("issuer signature did not verify")
     document = _parse(signed.payload)
     _check_signing_time(document, key, now)
     _check_binding(document, expected)
@@ -88,11 +84,6 @@ def verify_document(
     if extra:
         raise IntegrityError(f"document carries fields not released: {', '.join(extra)}")
     return document
-
-
-@functools.lru_cache(maxsize=1024)
-def _public_key(raw: bytes) -> Ed25519PublicKey:
-    return Ed25519PublicKey.from_public_bytes(raw)
 
 
 def _time(timestamp: Timestamp) -> datetime:

@@ -38,3 +38,16 @@ def test_config_from_dict_resolves_paths_and_refuses_unknown_keys(tmp_path: Path
         AuditConfig.from_dict({"log_key": "a", "secrets": "b", "checkpoint_intervall": 1}, tmp_path)
     with pytest.raises(ValueError, match="secrets"):
         AuditConfig.from_dict({"log_key": "a"}, tmp_path)
+
+
+def test_group_commit_settings_are_read_and_checked(tmp_path: Path) -> None:
+    keys = {"log_key": "a", "secrets": "b"}
+    config = AuditConfig.from_dict(
+        {**keys, "group_commit_wait_ms": 2.5, "group_commit_siblings": 8}, tmp_path
+    )
+    assert (config.group_commit_wait_ms, config.group_commit_siblings) == (2.5, 8)
+    assert AuditConfig.from_dict(keys, tmp_path).group_commit_wait_ms == 4.0
+    with pytest.raises(ValueError, match="group_commit_wait_ms"):
+        AuditConfig.from_dict({**keys, "group_commit_wait_ms": -1}, tmp_path)
+    with pytest.raises(ValueError, match="group_commit_siblings"):
+        AuditConfig.from_dict({**keys, "group_commit_siblings": 0}, tmp_path)

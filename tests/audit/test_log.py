@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import itertools
 import json
+import time
+from typing import Any
 
 import grpc
 import pytest
@@ -12,6 +16,7 @@ import rfc6962
 import sqlalchemy as sa
 from audit_world import lookup_event
 
+from audit import store
 from audit.config import AuditConfig
 from audit.kafka_outbox import unpublished
 from audit.log import AuditLog
@@ -252,3 +257,97 @@ async def test_two_logs_on_one_database_append_one_gapless_log(
     assert sizes == [600, 600]
     root = audit_pb2.Checkpoint.FromString(checkpoints[0].checkpoint).root_hash
     assert root == rfc6962.mth([rfc6962.leaf(leaf) for _, leaf in stored])
+
+
+# --- group commit: lookups under way share commits; one alone never waits --------------------
+
+
+async def started_log(engine: sa.Engine, config: AuditConfig, **changes: Any) -> AuditLog:
+    log = AuditLog.open(engine, dataclasses.replace(config, **changes))
+    await log.start()
+    return log
+
+
+async def test_lookups_under_way_share_one_commit_when_they_finish_apart(
+    engine: sa.Engine, audit_config: AuditConfig
+) -> None:
+    log = await started_log(engine, audit_config, group_commit_wait_ms=1000)
+
+    async def lookup(number: int) -> lookup_pb2.Receipt:
+        with log.under_way():
+            await asyncio.sleep(number * 0.005)  # eight lookups ending 5 ms apart
+            return await log.append(lookup_event(number))
+
+    try:
+        receipts = await asyncio.gather(*(lookup(i) for i in range(8)))
+    finally:
+        await log.close()
+    assert log.batches_committed == 1
+    assert len({r.promise for r in receipts}) == 1  # one fsync, one signature for all eight
+    assert sorted(r.entry_index for r in receipts) == list(range(8))
+
+
+async def test_without_the_wait_lookups_finishing_apart_commit_apart(
+    engine: sa.Engine, audit_config: AuditConfig
+) -> None:
+    log = await started_log(engine, audit_config, group_commit_wait_ms=0)
+
+    async def lookup(number: int) -> lookup_pb2.Receipt:
+        with log.under_way():
+            await asyncio.sleep(number * 0.02)
+            return await log.append(lookup_event(number))
+
+    try:
+        await asyncio.gather(*(lookup(i) for i in range(8)))
+    finally:
+        await log.close()
+    assert log.batches_committed >= 4
+
+
+@pytest.mark.parametrize("others", [0, 2])
+async def test_a_lookup_with_few_others_under_way_never_waits_to_commit(
+    engine: sa.Engine, audit_config: AuditConfig, others: int
+) -> None:
+    log = await started_log(engine, audit_config, group_commit_wait_ms=1000)
+    try:
+        with contextlib.ExitStack() as under_way:
+            for _ in range(others):  # fewer than group_commit_siblings (4)
+                under_way.enter_context(log.under_way())
+            with log.under_way():
+                started = time.monotonic()
+                await log.append(lookup_event(1))
+                elapsed = time.monotonic() - started
+    finally:
+        await log.close()
+    assert elapsed < 0.5  # not the 1 s group commit wait
+
+
+def hold_append_lock(conn: sa.Connection) -> None:
+    """Take the log's append lock on `conn` until its transaction ends (another writer)."""
+    if conn.dialect.name == "sqlite":
+        store.begin_immediate(conn)
+    else:
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(store.APPEND_LOCK, store.SCHEMA)))
+
+
+async def test_a_lone_append_waits_for_a_held_lock_off_the_event_loop(
+    database_url: str, audit_log: AuditLog, engine: sa.Engine
+) -> None:
+    other_writer = make_engine(database_url)
+    try:
+        with other_writer.connect() as conn:
+            hold_append_lock(conn)
+            with audit_log.under_way():  # a lookup on its own: it would commit inline
+                appending = asyncio.create_task(audit_log.append(lookup_event(7)))
+                started = time.monotonic()
+                for _ in range(20):
+                    await asyncio.sleep(0.01)
+                ticking = time.monotonic() - started
+                assert not appending.done()  # waiting for the lock ...
+                conn.rollback()  # ... which the other writer now lets go
+                receipt = await appending
+    finally:
+        other_writer.dispose()
+    assert ticking < 2  # the event loop ran on meanwhile: only the writer thread waited
+    assert receipt.entry_index == 0
+    assert [idx for idx, _ in stored_leaves(engine)] == [0]

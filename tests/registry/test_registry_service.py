@@ -7,6 +7,7 @@ in a list, because the real audit log is tested in tests/audit.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -47,6 +48,9 @@ class RecordingAudit:
     async def append(self, event: AuditEvent) -> lookup_pb2.Receipt:
         self.events.append(event)
         return lookup_pb2.Receipt(entry_index=len(self.events) - 1)
+
+    def under_way(self) -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()
 
 
 class IdentityFromCertificate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
