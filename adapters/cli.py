@@ -14,6 +14,7 @@ from pathlib import Path
 
 from adapters.config import AdapterConfig
 from adapters.node import build_adapter_server
+from exchange.heap import freeze_startup_objects
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ async def serve(config: AdapterConfig) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully."""
     server, port = build_adapter_server(config)
     await server.start()
+    freeze_startup_objects()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 
 from exchange.config import HubConfig
+from exchange.heap import freeze_startup_objects
 from exchange.hub.server import build_hub
 
 # Calls in flight get this long to finish after a stop signal.
@@ -43,6 +44,7 @@ async def serve(config: HubConfig, stop: asyncio.Event | None = None) -> None:
     hub = build_hub(config)
     try:
         await hub.start()
+        freeze_startup_objects()
         print(f"exchange hub listening on {hub.address}", flush=True)
         await stop.wait()
         print("exchange hub stopping", flush=True)
