@@ -2,7 +2,7 @@
 
 Departments reach records only through the hub, which applies grants, consent and audit;
 a department certificate calling an adapter node directly would bypass all of that. The TLS
-handshake has already verified the certificate against the CA; this interceptor checks on
+handshake has already verified the certificate against the CA; this gate checks on
 every call that it is not revoked (the CA's CRL, re-read when it changes) nor expired, and
 reads its role, before any AdapterService handler runs. Health checks and reflection stay
 open to any verified peer, so load balancers and operators can probe the node.
@@ -11,7 +11,6 @@ open to any verified peer, so load balancers and operators can probe the node.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,30 +27,20 @@ GUARDED_PREFIX = "/exchange.v1.AdapterService/"
 HUB_ONLY_MESSAGE = "only the hub may call an adapter node"
 
 
-class HubOnlyGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Refuses AdapterService calls whose client certificate is revoked, expired or not a hub's."""
+class HubOnlyGate:
+    """Refuses AdapterService calls whose client certificate is revoked, expired or not a hub's.
+
+    Applied to every method handler when its service is registered (exchange/gated_server.py).
+    """
 
     def __init__(self, revocations: RevocationList | None = None) -> None:
         self._revocations = revocations
-        self._guarded: dict[str, tuple[Any, Any]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[Any], Awaitable[Any]],
-        handler_call_details: Any,
-    ) -> Any:
-        """The method's handler, wrapped with the role check when it is an adapter method."""
-        handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method
-        if handler is None or not method.startswith(GUARDED_PREFIX):
+    def __call__(self, method: str, handler: Any) -> Any:
+        """`handler` (serving `method`), wrapped with the role check if it is an adapter method."""
+        if not method.startswith(GUARDED_PREFIX):
             return handler
-        # The wrapping depends only on the method and its handler: build it once, not per call.
-        cached = self._guarded.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._guard(method, handler)
-        self._guarded[method] = (handler, wrapped)
-        return wrapped
+        return self._guard(method, handler)
 
     def _guard(self, method: str, handler: Any) -> Any:
         # Every AdapterService method is unary-unary; a new streaming method must be added here.

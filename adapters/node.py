@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import Any
 
 import grpc
 import grpc.aio
@@ -24,6 +23,7 @@ from adapters.gate import HubOnlyGate
 from adapters.signing import DocumentSigner
 from audit.events import SubjectId
 from exchange.errors import invalid_argument, not_found, translate_errors
+from exchange.gated_server import GatedServer
 from exchange.pki import load_signing_key
 from exchange.revocation import revocation_list_for
 from exchange.subject import validate_subject
@@ -124,32 +124,24 @@ class AdapterServicer(adapter_pb2_grpc.AdapterServiceServicer):
         )
 
 
-class AdapterServer(grpc.aio.Server):  # type: ignore[misc]
-    """A grpc.aio.Server that also reports health and closes its backend when stopped."""
+class AdapterServer(GatedServer):
+    """The node's grpc.aio.Server: every service behind the hub-only gate, health reported on
+    start and stop, the backend closed when it stops."""
 
     def __init__(
-        self, server: Any, health: health_aio.HealthServicer, backend: Backend | None
+        self,
+        server: grpc.aio.Server,
+        gate: HubOnlyGate,
+        health: health_aio.HealthServicer,
+        backend: Backend | None,
     ) -> None:
-        self._server = server
+        super().__init__(server, gate)
         self._health = health
         self._backend = backend  # None when the caller owns (and closes) the backend
-
-    def add_generic_rpc_handlers(self, generic_rpc_handlers: Any) -> None:
-        """As grpc.aio.Server."""
-        self._server.add_generic_rpc_handlers(generic_rpc_handlers)
-
-    def add_registered_method_handlers(self, service_name: str, method_handlers: Any) -> None:
-        """As grpc.aio.Server."""
-        self._server.add_registered_method_handlers(service_name, method_handlers)
 
     def add_insecure_port(self, address: str) -> int:
         """Refused: an adapter node serves only over mutual TLS."""
         raise RuntimeError("an adapter node serves only over mutual TLS")
-
-    def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
-        """As grpc.aio.Server."""
-        port: int = self._server.add_secure_port(address, server_credentials)
-        return port
 
     async def start(self) -> None:
         """Start serving and report AdapterService as SERVING."""
@@ -163,14 +155,6 @@ class AdapterServer(grpc.aio.Server):  # type: ignore[misc]
         backend, self._backend = self._backend, None
         if backend is not None:
             await backend.close()
-
-    async def wait_for_termination(
-        self,
-        timeout: float | None = None,  # noqa: ASYNC109 - grpc.aio.Server's signature
-    ) -> bool:
-        """As grpc.aio.Server."""
-        terminated: bool = await self._server.wait_for_termination(timeout)
-        return terminated
 
 
 def build_adapter_server(
@@ -188,23 +172,25 @@ def build_adapter_server(
     signer = DocumentSigner(load_signing_key(config.signing_key))
     # No SO_REUSEPORT: a second node on a taken port must fail, not silently share the traffic.
     revocations = revocation_list_for(config.tls.ca, config.crl)
-    inner = grpc.aio.server(
-        interceptors=[HubOnlyGate(revocations)], options=[("grpc.so_reuseport", 0)]
+    health = health_aio.HealthServicer()
+    server = AdapterServer(
+        grpc.aio.server(options=[("grpc.so_reuseport", 0)]),
+        HubOnlyGate(revocations),
+        health,
+        backend if owned else None,
     )
     adapter_pb2_grpc.add_AdapterServiceServicer_to_server(
-        AdapterServicer(config.department, backend, signer), inner
+        AdapterServicer(config.department, backend, signer), server
     )
-    health = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, inner)
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
         (
             SERVICE_NAME,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ),
-        inner,
+        server,
     )
-    server = AdapterServer(inner, health, backend if owned else None)
     try:
         port = server.add_secure_port(config.listen, server_credentials(config.tls))
     except RuntimeError as exc:  # grpc raises RuntimeError when the address is taken

@@ -5,7 +5,7 @@ module only reads it: CN is the caller's name, O its department code, OU its rol
 certificates are cached by their PEM bytes, because every call of a connection presents the
 same certificate and parsing X.509 on each call would sit on the hot path.
 
-The hub's gate interceptor sets `CURRENT_IDENTITY` before a handler runs; handlers and the
+The hub's gate sets `CURRENT_IDENTITY` before a handler runs; handlers and the
 services they call read it with `current_identity()`.
 """
 
@@ -54,11 +54,11 @@ CURRENT_IDENTITY: ContextVar[Identity] = ContextVar("current_identity")
 
 
 def current_identity() -> Identity:
-    """The identity of the call being handled (set by the hub's gate interceptor)."""
+    """The identity of the call being handled (set by the hub's gate)."""
     try:
         return CURRENT_IDENTITY.get()
     except LookupError:
-        raise RuntimeError("no caller identity: the gate interceptor did not run") from None
+        raise RuntimeError("no caller identity: the gate did not run") from None
 
 
 def identity_from_context(context: grpc.aio.ServicerContext) -> Identity:

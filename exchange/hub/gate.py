@@ -82,8 +82,12 @@ Admit = Callable[[Any, Any], Awaitable[Identity]]
 CALL_SNAPSHOT: ContextVar[RegistrySnapshot | None] = ContextVar("call_snapshot", default=None)
 
 
-class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no type hints
-    """Authenticates and authorises every call, and audits every refusal."""
+class Gate:
+    """Authenticates and authorises every call, and audits every refusal.
+
+    Applied to every method handler when its service is registered (exchange/gated_server.py):
+    `gate(method, handler)` is the handler with `admit` awaited before it.
+    """
 
     def __init__(
         self,
@@ -96,29 +100,14 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no t
         self._audit = audit
         self._service_roles = service_roles
         self._revocations = revocations
-        self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        """The method's handler, wrapped so that `admit` runs before it."""
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method: str = handler_call_details.method
-        # The wrapping depends only on the method and its handler: build it once, not per call.
-        cached = self._guarded.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
+    def __call__(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """`handler` (serving `method`) wrapped so that `admit` runs before it."""
 
         async def admit(request: Any, context: Any) -> Identity:
             return await self.admit(method, request, context)
 
-        wrapped = guarded(handler, admit, method, REQUEST_BYTES.get(method))
-        self._guarded[method] = (handler, wrapped)
-        return wrapped
+        return guarded(handler, admit, method, REQUEST_BYTES.get(method))
 
     async def admit(self, method: str, request: Any, context: Any) -> Identity:
         """The caller's identity, set as CURRENT_IDENTITY; aborts the call (audited) if refused."""

@@ -2,8 +2,9 @@
 
 `build_hub(config)` wires the parts; `await hub.start()` migrates the database, opens the audit
 log and binds the mTLS port; `await hub.stop(grace)` stops accepting calls, lets calls in flight
-finish, then closes adapter channels and flushes the audit log. Interceptor order: the gate is
-the only one, and it runs before every handler (identity, revocation, role, audit of refusals).
+finish, then closes adapter channels and flushes the audit log. Every service is registered
+through the gate (exchange/gated_server.py), which runs before every handler (identity,
+revocation, role, audit of refusals).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from audit.service import AuditServicer
 from exchange.config import HubConfig
 from exchange.consent_uses import ConsentUses
 from exchange.db import make_engine, upgrade
+from exchange.gated_server import GatedServer
 from exchange.hub.gate import Gate
 from exchange.hub.lookup import LookupServicer
 from exchange.hub.routing import MAX_MESSAGE_BYTES, Router
@@ -122,12 +124,13 @@ class Hub:
         consent_uses: ConsentUses,
     ) -> grpc.aio.Server:
         server = grpc.aio.server(
-            interceptors=[Gate(registry, audit, revocations=revocations)],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ],
         )
+        # Every service is registered through the gate, and only through it.
+        gated = GatedServer(server, Gate(registry, audit, revocations=revocations))
         lookup_pb2_grpc.add_LookupServiceServicer_to_server(
             LookupServicer(
                 registry,
@@ -137,16 +140,16 @@ class Hub:
                 consent_uses=consent_uses,
                 quotas=Quotas(),
             ),
-            server,
+            gated,
         )
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
-            RegistryServicer(registry, audit), server
+            RegistryServicer(registry, audit), gated
         )
-        audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(audit), server)
+        audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(audit), gated)
         self._health = health_aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, gated)
         reflection.enable_server_reflection(
-            (*SERVICE_NAMES, HEALTH, reflection.SERVICE_NAME), server
+            (*SERVICE_NAMES, HEALTH, reflection.SERVICE_NAME), gated
         )
         return server
 

@@ -1,6 +1,6 @@
 """RegistryService over gRPC: administrators change the catalogue, and every change is audited.
 
-The hub's gate interceptor has already checked that the caller is an administrator and set
+The hub's gate has already checked that the caller is an administrator and set
 the caller's identity. Each register or update, applied or refused, becomes one
 REGISTRY_CHANGE audit event with the record before and after, durable before the answer
 leaves. Listing is not audited: it changes nothing.
