@@ -16,9 +16,10 @@ import rfc6962
 import sqlalchemy as sa
 from audit_world import lookup_event
 
-from audit import store
+from audit import entry, store
 from audit.config import AuditConfig
 from audit.kafka_outbox import unpublished
+from audit.keys import LogKeys
 from audit.log import AuditLog
 from audit.signing import SignatureError, verify_checkpoint, verify_receipt
 from audit.tables import audit_entries
@@ -350,4 +351,26 @@ async def test_a_lone_append_waits_for_a_held_lock_off_the_event_loop(
         other_writer.dispose()
     assert ticking < 2  # the event loop ran on meanwhile: only the writer thread waited
     assert receipt.entry_index == 0
+    assert [idx for idx, _ in stored_leaves(engine)] == [0]
+
+
+def test_an_append_that_may_not_wait_stores_nothing_while_the_lock_is_held(
+    database_url: str, engine: sa.Engine, audit_config: AuditConfig
+) -> None:
+    keys = LogKeys.load(audit_config)
+    prepared = [entry.prepare(lookup_event(1), keys, entry.time_now())]
+    other_writer = make_engine(database_url)
+    writer = store.writer_connection(engine)
+    try:
+        with other_writer.connect() as conn:
+            hold_append_lock(conn)
+            with pytest.raises(store.AppendLockBusy):
+                store.append_batch(
+                    writer, prepared, lambda p, i: entry.seal(p, i, keys), wait_for_lock=False
+                )
+        sealed = store.append_batch(writer, prepared, lambda p, i: entry.seal(p, i, keys))
+    finally:
+        writer.close()
+        other_writer.dispose()
+    assert [s.index for s in sealed] == [0]  # the refused attempt left no entry, no gap
     assert [idx for idx, _ in stored_leaves(engine)] == [0]
