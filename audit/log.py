@@ -73,6 +73,7 @@ class AuditLog:
         # event loop waiting on a connection or a round trip.
         self._commit_inline = engine.dialect.name == "sqlite"
         self._wakeup = asyncio.Event()
+        self._all_joined = asyncio.Event()
         self._closing = False
         self._writer: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -149,6 +150,8 @@ class AuditLog:
         future: asyncio.Future[lookup_pb2.Receipt] = asyncio.get_running_loop().create_future()
         self._queue.append((prepared, future))
         self._wakeup.set()
+        if len(self._queue) >= self._under_way.count:
+            self._all_joined.set()  # nobody else under way: a group commit waits no longer
         return await future
 
     async def checkpoint(self, *, fresh: bool = False) -> audit_pb2.SignedCheckpoint:
@@ -184,24 +187,31 @@ class AuditLog:
                 count = min(len(self._queue), self.config.max_batch)
                 batch = [self._queue.popleft() for _ in range(count)]
                 prepared = [item[0] for item in batch]
-                self._batch_in_flight = True
                 try:
-                    receipts = await loop.run_in_executor(
-                        self._write_thread, self._store_and_sign, prepared
-                    )
+                    receipts = await self._commit_in_thread(loop, prepared)
                 except Exception as exc:
                     failure = _as_failure(count, exc)
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(failure)
                     continue
-                finally:
-                    self._batch_in_flight = False
                 for (_, future), receipt in zip(batch, receipts, strict=True):
                     if not future.done():
                         future.set_result(receipt)
             if self._closing and not self._queue:
                 return
+
+    async def _commit_in_thread(
+        self, loop: asyncio.AbstractEventLoop, prepared: Sequence[entry.PreparedEntry]
+    ) -> list[lookup_pb2.Receipt]:
+        self._batch_in_flight = True
+        committing = self._write_thread.submit(self._store_and_sign, prepared)
+        # Cleared when the thread is done with the connection, even if this task is cancelled
+        # first: until then no inline commit may use it.
+        committing.add_done_callback(
+            lambda _: loop.call_soon_threadsafe(setattr, self, "_batch_in_flight", False)
+        )
+        return await asyncio.wrap_future(committing)
 
     def _append_alone(self, prepared: entry.PreparedEntry) -> lookup_pb2.Receipt | None:
         """Commit one entry right here (SQLite), when nothing else is appending; None if the
@@ -209,22 +219,36 @@ class AuditLog:
 
         With no other append to share a commit with, handing the entry to the writer thread
         and its receipt back only adds two thread wake-ups to the caller's wait (about 0.25 ms
-        on the development VM). The commit blocks the event loop meanwhile, which has nothing
-        else to run then; the lock is only tried, never waited for.
+        on the development VM). Other calls on the event loop wait for this one commit, an
+        fsync (the writer connection never checkpoints the WAL; the sequencer does); the lock
+        is only tried, never waited for.
         """
         try:
             return self._store_and_sign([prepared], wait_for_lock=False)[0]
         except store.AppendLockBusy:
             return None
+        except ExchangeError:
+            raise
         except Exception as exc:
-            raise _as_failure(1, exc) from exc
+            raise _not_recorded(1, exc) from exc
 
     async def _let_others_join(self) -> None:
-        """Wait a moment before a commit when enough other appends are on their way."""
+        """Before a commit, wait up to group_commit_wait_ms while enough others are under way,
+        or until every lookup under way has appended.
+
+        Lookups whose receipts the last commit just handed out still count as under way until
+        they resume and finish. Counting them errs towards waiting, and that is the better
+        error: measured at concurrency 64, leaving them out first halved the entries per
+        commit (7 to 3) and cost the hub a fifth more CPU per lookup.
+        """
         wait_ms = self.config.group_commit_wait_ms
-        coming = self._under_way.count - len(self._queue)
-        if wait_ms > 0 and coming >= self.config.group_commit_siblings and not self._closing:
-            await asyncio.sleep(wait_ms / 1000)
+        if wait_ms <= 0 or self._closing:
+            return
+        if self._under_way.count - len(self._queue) < self.config.group_commit_siblings:
+            return
+        self._all_joined.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._all_joined.wait(), wait_ms / 1000)
 
     def _store_and_sign(
         self, prepared: Sequence[entry.PreparedEntry], *, wait_for_lock: bool = True
@@ -295,6 +319,7 @@ class _Counter:
 
 
 def _as_failure(count: int, exc: Exception) -> ExchangeError:
+    """What the callers of a failed commit of `count` entries are told."""
     return exc if isinstance(exc, ExchangeError) else _not_recorded(count, exc)
 
 

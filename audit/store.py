@@ -24,7 +24,7 @@ from audit.tables import (
     audit_query_index,
     audit_tree_nodes,
 )
-from exchange.db import metadata
+from exchange.db import SQLITE_LOCK_WAIT_S, metadata
 
 # Advisory locks (PostgreSQL): one serialises appends, one elects the sequencer. A lock is
 # the pair (key, hash of the schema), so logs in different schemas of one database (several
@@ -34,9 +34,6 @@ SEQUENCER_LOCK = 0x0A0D17_02
 SCHEMA = sa.func.hashtext(sa.func.current_schema())
 
 Sealer = Callable[[PreparedEntry, int], SealedEntry]
-
-# How long a committer waits for the SQLite write lock (the sequencer, another process).
-SQLITE_LOCK_WAIT_MS = 30_000
 
 
 class AppendLockBusy(Exception):
@@ -67,6 +64,10 @@ def writer_connection(engine: sa.Engine) -> sa.Connection:
     conn.detach()  # its settings must not leak to the pool's other users
     if conn.dialect.name == "sqlite":
         conn.exec_driver_sql("PRAGMA cache_size = -65536")  # 64 MiB
+        # Its commits never checkpoint the WAL into the database file (tens of milliseconds,
+        # and a lone lookup's commit runs on the event loop); the sequencer's commits, every
+        # few seconds in a thread of their own, do.
+        conn.exec_driver_sql("PRAGMA wal_autocheckpoint = 0")
         conn.commit()
     return conn
 
@@ -113,11 +114,11 @@ def append_batch(
 
 def _take_append_lock(cursor: Any, dialect: sa.Dialect, wait: bool) -> None:
     if dialect.name == "sqlite":
-        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_LOCK_WAIT_MS if wait else 0}")
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_LOCK_WAIT_S * 1000 if wait else 0}")
         try:
             cursor.execute("BEGIN IMMEDIATE")  # see begin_immediate()
         except sqlite3.OperationalError as exc:
-            if wait or "locked" not in str(exc):
+            if wait or exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
                 raise
             raise AppendLockBusy from exc
         return

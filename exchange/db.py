@@ -35,13 +35,17 @@ def normalise_url(url: str) -> str:
     return url
 
 
+# How long a SQLite connection waits for another's write lock before "database is locked".
+SQLITE_LOCK_WAIT_S = 30
+
+
 def make_engine(url: str, **kwargs: Any) -> sa.Engine:
     """An engine for `url`; SQLite files get WAL, full fsync on commit and a busy timeout."""
     url = normalise_url(url)
     # Errors would otherwise quote bound parameters (subject ids among them) into logs.
     kwargs.setdefault("hide_parameters", True)
     if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"timeout": 30}, **kwargs)
+        engine = sa.create_engine(url, connect_args={"timeout": SQLITE_LOCK_WAIT_S}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     kwargs.setdefault("pool_size", 10)

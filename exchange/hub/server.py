@@ -151,7 +151,7 @@ class Hub:
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, HEALTH, reflection.SERVICE_NAME), gated
         )
-        return server
+        return gated  # the hub keeps only the gated face of its server
 
     async def _mark_serving(self) -> None:
         assert self._health is not None

@@ -374,3 +374,24 @@ def test_an_append_that_may_not_wait_stores_nothing_while_the_lock_is_held(
         other_writer.dispose()
     assert [s.index for s in sealed] == [0]  # the refused attempt left no entry, no gap
     assert [idx for idx, _ in stored_leaves(engine)] == [0]
+
+
+async def test_a_group_commit_waits_no_longer_once_every_lookup_under_way_has_appended(
+    engine: sa.Engine, audit_config: AuditConfig
+) -> None:
+    log = await started_log(engine, audit_config, group_commit_wait_ms=1000)
+
+    async def lookup(number: int) -> lookup_pb2.Receipt:
+        with log.under_way():
+            await asyncio.sleep(0.01 * (number % 2))  # two waves, 10 ms apart
+            return await log.append(lookup_event(number))
+
+    try:
+        started = time.monotonic()
+        receipts = await asyncio.gather(*(lookup(i) for i in range(8)))
+        elapsed = time.monotonic() - started
+    finally:
+        await log.close()
+    assert elapsed < 0.5  # not the 1 s wait: the last of the eight ended it
+    assert log.batches_committed <= 2
+    assert sorted(r.entry_index for r in receipts) == list(range(8))
