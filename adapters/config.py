@@ -35,7 +35,6 @@ plug-in's) checks them when the node starts.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ from typing import Any
 
 from adapters.backends import Backend, load_backend
 from adapters.backends.options import OptionReader
+from exchange.config import read_toml_config
 from exchange.tls import TlsFiles
 
 _KEYS = (
@@ -76,15 +76,7 @@ class AdapterConfig:
     @classmethod
     def from_file(cls, path: Path) -> AdapterConfig:
         """Read a TOML config; relative paths in it are taken from its folder."""
-        path = Path(path)
-        try:
-            document = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"{path}: not valid TOML: {exc}") from exc
-        try:
-            return cls.from_dict(document, path.resolve().parent)
-        except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from exc
+        return read_toml_config(path, cls.from_dict)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], base_dir: Path) -> AdapterConfig:

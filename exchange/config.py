@@ -35,15 +35,17 @@ A complete example (every key shown; only [tls] and [audit] are required)::
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
 from audit.config import AuditConfig
 from exchange.tls import TlsFiles
+
+T = TypeVar("T")
 
 DEFAULT_LISTEN = "127.0.0.1:7443"
 DEFAULT_DATABASE_FILE = "exchange.db"
@@ -56,6 +58,21 @@ _TLS_REQUIRED = {"ca", "cert", "key"}
 _TLS = {*_TLS_REQUIRED, "crl"}
 _KAFKA = {"bootstrap_servers", "topic"}
 _LOOKUP = {"adapter_timeout_seconds", "default_deadline_seconds"}
+
+
+def read_toml_config(path: Path, parse: Callable[[Mapping[str, Any], Path], T]) -> T:
+    """A TOML config file, parsed by `parse(document, folder)` so that relative paths in it are
+    taken from its folder; ValueError names the file and what is wrong (the hub's and the
+    adapter nodes' config files alike)."""
+    path = Path(path)
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return parse(document, path.resolve().parent)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -83,16 +100,7 @@ class HubConfig:
     @classmethod
     def from_file(cls, path: Path) -> HubConfig:
         """Read and check a TOML configuration file; raises ValueError naming what is wrong."""
-        path = Path(path)
-        with path.open("rb") as f:
-            try:
-                document = tomllib.load(f)
-            except tomllib.TOMLDecodeError as exc:
-                raise ValueError(f"{path}: {exc}") from None
-        try:
-            return cls.from_dict(document, path.resolve().parent)
-        except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from None
+        return read_toml_config(path, cls.from_dict)
 
     @classmethod
     def from_dict(cls, document: Mapping[str, Any], base_dir: Path) -> HubConfig:
