@@ -269,18 +269,23 @@ async def started_log(engine: sa.Engine, config: AuditConfig, **changes: Any) ->
     return log
 
 
+async def lookups_appending_after(log: AuditLog, delays: list[float]) -> list[lookup_pb2.Receipt]:
+    """One lookup under way per delay, all at once; each appends after its delay (seconds)."""
+
+    async def lookup(number: int, delay: float) -> lookup_pb2.Receipt:
+        with log.under_way():
+            await asyncio.sleep(delay)
+            return await log.append(lookup_event(number))
+
+    return await asyncio.gather(*(lookup(i, delay) for i, delay in enumerate(delays)))
+
+
 async def test_lookups_under_way_share_one_commit_when_they_finish_apart(
     engine: sa.Engine, audit_config: AuditConfig
 ) -> None:
     log = await started_log(engine, audit_config, group_commit_wait_ms=1000)
-
-    async def lookup(number: int) -> lookup_pb2.Receipt:
-        with log.under_way():
-            await asyncio.sleep(number * 0.005)  # eight lookups ending 5 ms apart
-            return await log.append(lookup_event(number))
-
-    try:
-        receipts = await asyncio.gather(*(lookup(i) for i in range(8)))
+    try:  # eight lookups ending 5 ms apart
+        receipts = await lookups_appending_after(log, [i * 0.005 for i in range(8)])
     finally:
         await log.close()
     assert log.batches_committed == 1
@@ -292,14 +297,8 @@ async def test_without_the_wait_lookups_finishing_apart_commit_apart(
     engine: sa.Engine, audit_config: AuditConfig
 ) -> None:
     log = await started_log(engine, audit_config, group_commit_wait_ms=0)
-
-    async def lookup(number: int) -> lookup_pb2.Receipt:
-        with log.under_way():
-            await asyncio.sleep(number * 0.02)
-            return await log.append(lookup_event(number))
-
     try:
-        await asyncio.gather(*(lookup(i) for i in range(8)))
+        await lookups_appending_after(log, [i * 0.02 for i in range(8)])
     finally:
         await log.close()
     assert log.batches_committed >= 4
@@ -380,15 +379,9 @@ async def test_a_group_commit_waits_no_longer_once_every_lookup_under_way_has_ap
     engine: sa.Engine, audit_config: AuditConfig
 ) -> None:
     log = await started_log(engine, audit_config, group_commit_wait_ms=1000)
-
-    async def lookup(number: int) -> lookup_pb2.Receipt:
-        with log.under_way():
-            await asyncio.sleep(0.01 * (number % 2))  # two waves, 10 ms apart
-            return await log.append(lookup_event(number))
-
-    try:
+    try:  # two waves, 10 ms apart
         started = time.monotonic()
-        receipts = await asyncio.gather(*(lookup(i) for i in range(8)))
+        receipts = await lookups_appending_after(log, [0.01 * (i % 2) for i in range(8)])
         elapsed = time.monotonic() - started
     finally:
         await log.close()
