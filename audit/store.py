@@ -78,10 +78,13 @@ def append_batch(
     sealer: Sealer,
     *,
     wait_for_lock: bool = True,
+    before_commit: Callable[[Sequence[SealedEntry]], object] | None = None,
 ) -> list[SealedEntry]:
     """Store `prepared` as the next entries of the log in one durable transaction; return
     them sealed with their indexes. With wait_for_lock=False, raise AppendLockBusy at once
-    instead of waiting when another transaction holds the append lock."""
+    instead of waiting when another transaction holds the append lock. `before_commit` gets
+    the sealed entries once they are inserted, just before the commit (which may still fail).
+    """
     # The DB-API connection directly, with plain tuples: this is the log's hot path, and
     # SQLAlchemy's statement handling cost more than the database's own work per batch.
     dbapi = conn.connection.dbapi_connection
@@ -105,6 +108,8 @@ def append_batch(
             )
         finally:
             cursor.close()
+        if before_commit is not None:
+            before_commit(sealed)
         dbapi.commit()
     except BaseException:
         dbapi.rollback()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import itertools
 import json
 import time
@@ -142,6 +143,34 @@ async def test_receipt_commits_to_the_stored_entry(audit_log: AuditLog, engine: 
         leaf
         == json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     )
+
+
+async def test_a_receipt_promises_a_time_no_earlier_than_its_entry(
+    audit_log: AuditLog, engine: sa.Engine
+) -> None:
+    # The batch is signed while its commit runs; the promise's time must still follow the
+    # time written into each entry it covers.
+    receipts = await asyncio.gather(*(audit_log.append(lookup_event(n)) for n in range(20)))
+
+    leaves = dict(stored_leaves(engine))
+    for receipt in receipts:
+        promise = lookup_pb2.InclusionPromise.FromString(receipt.promise)
+        made = entry.parse_time(json.loads(leaves[receipt.entry_index])["time"])
+        assert promise.appended_at.ToDatetime(dt.UTC) >= made
+
+
+async def test_an_append_whose_batch_cannot_be_signed_is_unavailable(
+    audit_log: AuditLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any) -> list[lookup_pb2.Receipt]:
+        raise RuntimeError("signing key unreadable")
+
+    monkeypatch.setattr("audit.log.sign_batch", broken)
+
+    with pytest.raises(ExchangeError) as caught:
+        await audit_log.append(lookup_event(1))
+    assert caught.value.status == grpc.StatusCode.UNAVAILABLE
+    assert caught.value.message == "audit log could not sign a receipt"
 
 
 async def test_checkpoints_and_proofs_check_out_with_rfc_6962(
