@@ -11,6 +11,7 @@ open to any verified peer, so load balancers and operators can probe the node.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,7 +19,7 @@ import grpc
 import grpc.aio
 
 from exchange.errors import ExchangeError, permission_denied, translate_errors
-from exchange.identity import Role, identity_from_context
+from exchange.identity import Identity, Role, identity_from_context
 from exchange.revocation import RevocationList, check_certificate
 
 log = logging.getLogger(__name__)
@@ -43,25 +44,61 @@ class HubOnlyGate:
         return self._guard(method, handler)
 
     def _guard(self, method: str, handler: Any) -> Any:
-        # Every AdapterService method is unary-unary; a new streaming method must be added here.
-        if handler.unary_unary is None:
-            raise TypeError(f"{method}: the hub-only gate handles unary methods only")
+        if handler.unary_unary is not None:
+            return self._guard_unary(method, handler)
+        if handler.stream_stream is not None:
+            return self._guard_stream(method, handler)
+        raise TypeError(f"{method}: the hub-only gate handles unary and bidi-stream methods")
+
+    def _admit(self, method: str, context: grpc.aio.ServicerContext) -> Identity:
+        identity = identity_from_context(context)
+        self._check(method, identity)
+        if identity.role is not Role.HUB:
+            log.warning("refused %s from %s (%s)", method, identity.name, identity.role)
+            raise permission_denied(HUB_ONLY_MESSAGE)
+        return identity
+
+    def _check(self, method: str, identity: Identity) -> None:
+        try:
+            check_certificate(identity, self._revocations, datetime.now(UTC))
+        except ExchangeError as refusal:
+            log.warning("refused %s from %s: %s", method, identity.name, refusal.message)
+            raise
+
+    def _guard_unary(self, method: str, handler: Any) -> Any:
         inner = handler.unary_unary
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
             async with translate_errors(context):
-                identity = identity_from_context(context)
-                try:
-                    check_certificate(identity, self._revocations, datetime.now(UTC))
-                except ExchangeError as refusal:
-                    log.warning("refused %s from %s: %s", method, identity.name, refusal.message)
-                    raise
-                if identity.role is not Role.HUB:
-                    log.warning("refused %s from %s (%s)", method, identity.name, identity.role)
-                    raise permission_denied(HUB_ONLY_MESSAGE)
+                self._admit(method, context)
             return await inner(request, context)
 
         return grpc.unary_unary_rpc_method_handler(
+            guarded,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _guard_stream(self, method: str, handler: Any) -> Any:
+        # A stream lives long: the certificate is checked again before each message is handed
+        # on, so a revocation ends a stream already open at its next call, as for unary calls.
+        inner = handler.stream_stream
+
+        async def guarded(
+            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
+            async with translate_errors(context):
+                identity = self._admit(method, context)
+
+                async def rechecked() -> AsyncIterator[Any]:
+                    async for request in requests:
+                        self._check(method, identity)
+                        yield request
+
+                async for response in inner(rechecked(), context):
+                    yield response
+
+        return grpc.stream_stream_rpc_method_handler(
             guarded,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,

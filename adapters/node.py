@@ -8,7 +8,9 @@ binds the hub's request id into the Document and signs it with the department's 
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import grpc
@@ -22,7 +24,13 @@ from adapters.config import AdapterConfig
 from adapters.gate import HubOnlyGate
 from adapters.signing import DocumentSigner
 from audit.events import SubjectId
-from exchange.errors import invalid_argument, not_found, translate_errors
+from exchange.errors import (
+    as_exchange_error,
+    deadline_exceeded,
+    invalid_argument,
+    not_found,
+    translate_errors,
+)
 from exchange.gated_server import GatedServer
 from exchange.pki import load_signing_key
 from exchange.revocation import revocation_list_for
@@ -35,6 +43,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = adapter_pb2.DESCRIPTOR.services_by_name["AdapterService"].full_name
 MAX_REQUEST_ID = 128
+MAX_CALLS_IN_FLIGHT = 256  # per FetchStream
 
 
 class AdapterServicer(adapter_pb2_grpc.AdapterServiceServicer):
@@ -45,20 +54,132 @@ class AdapterServicer(adapter_pb2_grpc.AdapterServiceServicer):
         self.backend = backend
         self.signer = signer
         self.served = backend.served_types()
+        self._intakes: set[asyncio.Task[None]] = set()  # each open stream's reading task
+        self._draining = False
 
     async def Fetch(
         self, request: adapter_pb2.FetchRequest, context: grpc.aio.ServicerContext
     ) -> adapter_pb2.FetchResponse:
         """The subject's record of the type with only the requested fields, signed."""
         async with translate_errors(context):
-            subject = self._check(request)
-            record = await self.backend.fetch(request.certificate_type, subject)
-            if record is None:
-                self._note(request, "not found")
-                raise not_found(f"no {request.certificate_type} record for this subject")
-            document = self._document(request, subject, record)
-            self._note(request, f"released {sorted(document.fields)}")
-            return adapter_pb2.FetchResponse(document=self.signer.sign(document))
+            return await self._fetch(request)
+
+    async def FetchStream(
+        self,
+        calls: AsyncIterator[adapter_pb2.FetchCall],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[adapter_pb2.FetchResult]:
+        """Fetch for every FetchCall on the stream, each answered when it is done.
+
+        Calls run concurrently, at most MAX_CALLS_IN_FLIGHT at a time: a call holds its slot
+        until its result is on its way, and the next message is not read before a slot is free,
+        which pushes back on the hub through HTTP/2 flow control. A call's failure is its
+        FetchResult's status; only a failure of the stream itself (the gate refusing the
+        caller's certificate, say) or the node's shutdown ends the stream.
+        """
+        if self._draining:
+            return  # shutting down: the hub opens its next stream elsewhere
+        slots = asyncio.Semaphore(MAX_CALLS_IN_FLIGHT)
+        results: asyncio.Queue[adapter_pb2.FetchResult | None] = asyncio.Queue()
+        running: set[asyncio.Task[None]] = set()
+        intake = asyncio.create_task(self._take_calls(calls, slots, results, running))
+        self._intakes.add(intake)  # at once: a drain() from here on reaches this stream
+        answering = asyncio.create_task(self._answer_calls(intake, running, results))
+        try:
+            while (result := await results.get()) is not None:
+                yield result
+                slots.release()
+        except BaseException:
+            answering.cancel()
+            raise
+        await answering  # re-raises what ended the stream on the hub's side, if anything
+
+    async def _take_calls(
+        self,
+        calls: AsyncIterator[adapter_pb2.FetchCall],
+        slots: asyncio.Semaphore,
+        results: asyncio.Queue[adapter_pb2.FetchResult | None],
+        running: set[asyncio.Task[None]],
+    ) -> None:
+        # A slot first, then the message: the gate checks the caller's certificate as each
+        # message is read, so right before its call starts, however long it waited for a slot.
+        iterator = aiter(calls)
+        while True:
+            await slots.acquire()
+            try:
+                call = await anext(iterator)
+            except StopAsyncIteration:
+                return
+            task = asyncio.create_task(self._answer(call, results))
+            running.add(task)
+            task.add_done_callback(running.discard)
+
+    async def _answer(
+        self, call: adapter_pb2.FetchCall, results: asyncio.Queue[adapter_pb2.FetchResult | None]
+    ) -> None:
+        results.put_nowait(await self._result(call))
+
+    async def _answer_calls(
+        self,
+        intake: asyncio.Task[None],
+        running: set[asyncio.Task[None]],
+        results: asyncio.Queue[adapter_pb2.FetchResult | None],
+    ) -> None:
+        """Wait for the stream's intake to end (the hub is done, or drain() stopped it), then
+        for the calls it took; None on `results` says that all is answered."""
+        try:
+            try:
+                await intake
+            except asyncio.CancelledError:
+                this = asyncio.current_task()
+                if this is not None and this.cancelling():
+                    raise  # the stream itself is being cancelled
+                # drain() stopped the intake: the calls taken are still answered.
+            if running:
+                await asyncio.wait(running)
+        finally:
+            self._intakes.discard(intake)
+            intake.cancel()
+            for task in running:
+                task.cancel()
+            results.put_nowait(None)
+
+    def drain(self) -> None:
+        """Take no more calls (at shutdown): each open stream ends, with OK, once the calls it
+        has taken are answered, so the server's grace period is not spent waiting on streams
+        that would otherwise stay open for as long as the hub runs."""
+        self._draining = True
+        for intake in list(self._intakes):
+            intake.cancel()
+
+    async def _result(self, call: adapter_pb2.FetchCall) -> adapter_pb2.FetchResult:
+        deadline: asyncio.Timeout | None = None
+        try:
+            if call.timeout_ms == 0:
+                raise invalid_argument("timeout_ms: required")
+            deadline = asyncio.timeout(call.timeout_ms / 1000)
+            async with deadline:
+                response = await self._fetch(call.request)
+            return adapter_pb2.FetchResult(call_id=call.call_id, response=response)
+        except Exception as exc:
+            if isinstance(exc, TimeoutError) and deadline is not None and deadline.expired():
+                error = deadline_exceeded(f"no answer within {call.timeout_ms} ms")
+            else:  # a backend's own TimeoutError too: INTERNAL, logged, as from unary Fetch
+                error = as_exchange_error(exc)
+        return adapter_pb2.FetchResult(
+            call_id=call.call_id,
+            status=adapter_pb2.CallStatus(code=error.status.value[0], message=error.message),
+        )
+
+    async def _fetch(self, request: adapter_pb2.FetchRequest) -> adapter_pb2.FetchResponse:
+        subject = self._check(request)
+        record = await self.backend.fetch(request.certificate_type, subject)
+        if record is None:
+            self._note(request, "not found")
+            raise not_found(f"no {request.certificate_type} record for this subject")
+        document = self._document(request, subject, record)
+        self._note(request, f"released {sorted(document.fields)}")
+        return adapter_pb2.FetchResponse(document=self.signer.sign(document))
 
     async def Describe(
         self, request: adapter_pb2.DescribeRequest, context: grpc.aio.ServicerContext
@@ -134,9 +255,11 @@ class AdapterServer(GatedServer):
         gate: HubOnlyGate,
         health: health_aio.HealthServicer,
         backend: Backend | None,
+        servicer: AdapterServicer,
     ) -> None:
         super().__init__(server, gate)
         self._health = health
+        self._servicer = servicer
         self._backend = backend  # None when the caller owns (and closes) the backend
 
     def add_insecure_port(self, address: str) -> int:
@@ -151,6 +274,7 @@ class AdapterServer(GatedServer):
     async def stop(self, grace: float | None) -> None:
         """Report NOT_SERVING, let calls finish for `grace` seconds, then close the backend."""
         await self._health.enter_graceful_shutdown()
+        self._servicer.drain()
         await self._server.stop(grace)
         backend, self._backend = self._backend, None
         if backend is not None:
@@ -173,15 +297,15 @@ def build_adapter_server(
     # No SO_REUSEPORT: a second node on a taken port must fail, not silently share the traffic.
     revocations = revocation_list_for(config.tls.ca, config.crl)
     health = health_aio.HealthServicer()
+    servicer = AdapterServicer(config.department, backend, signer)
     server = AdapterServer(
         grpc.aio.server(options=[("grpc.so_reuseport", 0)]),
         HubOnlyGate(revocations),
         health,
         backend if owned else None,
+        servicer,
     )
-    adapter_pb2_grpc.add_AdapterServiceServicer_to_server(
-        AdapterServicer(config.department, backend, signer), server
-    )
+    adapter_pb2_grpc.add_AdapterServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
         (

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from exchange.v1 import common_pb2 as exchange_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x65xchange/v1/adapter.proto\x12\x0b\x65xchange.v1\x1a\x18\x65xchange/v1/common.proto\"\xa2\x01\n\x0c\x46\x65tchRequest\x12\x18\n\x10\x63\x65rtificate_type\x18\x01 \x01(\t\x12%\n\x07subject\x18\x02 \x01(\x0b\x32\x14.exchange.v1.Subject\x12\x0e\n\x06\x66ields\x18\x03 \x03(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x1c\n\x14requester_department\x18\x05 \x01(\t\x12\x0f\n\x07purpose\x18\x06 \x01(\t\">\n\rFetchResponse\x12-\n\x08\x64ocument\x18\x01 \x01(\x0b\x32\x1b.exchange.v1.SignedDocument\"\x11\n\x0f\x44\x65scribeRequest\"\x89\x01\n\x10\x44\x65scribeResponse\x12\x12\n\ndepartment\x18\x01 \x01(\t\x12=\n\x11\x63\x65rtificate_types\x18\x02 \x03(\x0b\x32\".exchange.v1.ServedCertificateType\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x12\n\npublic_key\x18\x04 \x01(\x0c\"5\n\x15ServedCertificateType\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0e\n\x06\x66ields\x18\x02 \x03(\t2\x99\x01\n\x0e\x41\x64\x61pterService\x12>\n\x05\x46\x65tch\x12\x19.exchange.v1.FetchRequest\x1a\x1a.exchange.v1.FetchResponse\x12G\n\x08\x44\x65scribe\x12\x1c.exchange.v1.DescribeRequest\x1a\x1d.exchange.v1.DescribeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x65xchange/v1/adapter.proto\x12\x0b\x65xchange.v1\x1a\x18\x65xchange/v1/common.proto\"\xa2\x01\n\x0c\x46\x65tchRequest\x12\x18\n\x10\x63\x65rtificate_type\x18\x01 \x01(\t\x12%\n\x07subject\x18\x02 \x01(\x0b\x32\x14.exchange.v1.Subject\x12\x0e\n\x06\x66ields\x18\x03 \x03(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x1c\n\x14requester_department\x18\x05 \x01(\t\x12\x0f\n\x07purpose\x18\x06 \x01(\t\">\n\rFetchResponse\x12-\n\x08\x64ocument\x18\x01 \x01(\x0b\x32\x1b.exchange.v1.SignedDocument\"\\\n\tFetchCall\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12*\n\x07request\x18\x02 \x01(\x0b\x32\x19.exchange.v1.FetchRequest\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\"\x84\x01\n\x0b\x46\x65tchResult\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12.\n\x08response\x18\x02 \x01(\x0b\x32\x1a.exchange.v1.FetchResponseH\x00\x12)\n\x06status\x18\x03 \x01(\x0b\x32\x17.exchange.v1.CallStatusH\x00\x42\t\n\x07outcome\"+\n\nCallStatus\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x11\n\x0f\x44\x65scribeRequest\"\x89\x01\n\x10\x44\x65scribeResponse\x12\x12\n\ndepartment\x18\x01 \x01(\t\x12=\n\x11\x63\x65rtificate_types\x18\x02 \x03(\x0b\x32\".exchange.v1.ServedCertificateType\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x12\n\npublic_key\x18\x04 \x01(\x0c\"5\n\x15ServedCertificateType\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0e\n\x06\x66ields\x18\x02 \x03(\t2\xde\x01\n\x0e\x41\x64\x61pterService\x12>\n\x05\x46\x65tch\x12\x19.exchange.v1.FetchRequest\x1a\x1a.exchange.v1.FetchResponse\x12\x43\n\x0b\x46\x65tchStream\x12\x16.exchange.v1.FetchCall\x1a\x18.exchange.v1.FetchResult(\x01\x30\x01\x12G\n\x08\x44\x65scribe\x12\x1c.exchange.v1.DescribeRequest\x1a\x1d.exchange.v1.DescribeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,12 +36,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FETCHREQUEST']._serialized_end=231
   _globals['_FETCHRESPONSE']._serialized_start=233
   _globals['_FETCHRESPONSE']._serialized_end=295
-  _globals['_DESCRIBEREQUEST']._serialized_start=297
-  _globals['_DESCRIBEREQUEST']._serialized_end=314
-  _globals['_DESCRIBERESPONSE']._serialized_start=317
-  _globals['_DESCRIBERESPONSE']._serialized_end=454
-  _globals['_SERVEDCERTIFICATETYPE']._serialized_start=456
-  _globals['_SERVEDCERTIFICATETYPE']._serialized_end=509
-  _globals['_ADAPTERSERVICE']._serialized_start=512
-  _globals['_ADAPTERSERVICE']._serialized_end=665
+  _globals['_FETCHCALL']._serialized_start=297
+  _globals['_FETCHCALL']._serialized_end=389
+  _globals['_FETCHRESULT']._serialized_start=392
+  _globals['_FETCHRESULT']._serialized_end=524
+  _globals['_CALLSTATUS']._serialized_start=526
+  _globals['_CALLSTATUS']._serialized_end=569
+  _globals['_DESCRIBEREQUEST']._serialized_start=571
+  _globals['_DESCRIBEREQUEST']._serialized_end=588
+  _globals['_DESCRIBERESPONSE']._serialized_start=591
+  _globals['_DESCRIBERESPONSE']._serialized_end=728
+  _globals['_SERVEDCERTIFICATETYPE']._serialized_start=730
+  _globals['_SERVEDCERTIFICATETYPE']._serialized_end=783
+  _globals['_ADAPTERSERVICE']._serialized_start=786
+  _globals['_ADAPTERSERVICE']._serialized_end=1008
 # @@protoc_insertion_point(module_scope)

@@ -39,6 +39,11 @@ class AdapterServiceStub:
                 request_serializer=exchange_dot_v1_dot_adapter__pb2.FetchRequest.SerializeToString,
                 response_deserializer=exchange_dot_v1_dot_adapter__pb2.FetchResponse.FromString,
                 _registered_method=True)
+        self.FetchStream = channel.stream_stream(
+                '/exchange.v1.AdapterService/FetchStream',
+                request_serializer=exchange_dot_v1_dot_adapter__pb2.FetchCall.SerializeToString,
+                response_deserializer=exchange_dot_v1_dot_adapter__pb2.FetchResult.FromString,
+                _registered_method=True)
         self.Describe = channel.unary_unary(
                 '/exchange.v1.AdapterService/Describe',
                 request_serializer=exchange_dot_v1_dot_adapter__pb2.DescribeRequest.SerializeToString,
@@ -52,6 +57,16 @@ class AdapterServiceServicer:
     def Fetch(self, request, context):
         """Reads one record, keeps only the released fields and signs it.
         Unknown subject: NOT_FOUND. Certificate type not served: NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchStream(self, request_iterator, context):
+        """Many Fetch calls over one long-lived stream, as the hub makes them: each FetchCall is
+        answered by one FetchResult with the same call_id, in whatever order they complete.
+        The outcome of each is what Fetch would have returned or the status it would have ended
+        with. A unary call costs grpc several times the CPU of a message on an open stream.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -71,6 +86,11 @@ def add_AdapterServiceServicer_to_server(servicer, server):
                     servicer.Fetch,
                     request_deserializer=exchange_dot_v1_dot_adapter__pb2.FetchRequest.FromString,
                     response_serializer=exchange_dot_v1_dot_adapter__pb2.FetchResponse.SerializeToString,
+            ),
+            'FetchStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.FetchStream,
+                    request_deserializer=exchange_dot_v1_dot_adapter__pb2.FetchCall.FromString,
+                    response_serializer=exchange_dot_v1_dot_adapter__pb2.FetchResult.SerializeToString,
             ),
             'Describe': grpc.unary_unary_rpc_method_handler(
                     servicer.Describe,
@@ -105,6 +125,33 @@ class AdapterService:
             '/exchange.v1.AdapterService/Fetch',
             exchange_dot_v1_dot_adapter__pb2.FetchRequest.SerializeToString,
             exchange_dot_v1_dot_adapter__pb2.FetchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/exchange.v1.AdapterService/FetchStream',
+            exchange_dot_v1_dot_adapter__pb2.FetchCall.SerializeToString,
+            exchange_dot_v1_dot_adapter__pb2.FetchResult.FromString,
             options,
             channel_credentials,
             insecure,

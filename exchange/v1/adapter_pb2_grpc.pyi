@@ -35,6 +35,12 @@ class AdapterServiceStub:
     """Reads one record, keeps only the released fields and signs it.
     Unknown subject: NOT_FOUND. Certificate type not served: NOT_FOUND.
     """
+    FetchStream: _grpc.StreamStreamMultiCallable[_adapter_pb2.FetchCall, _adapter_pb2.FetchResult]
+    """Many Fetch calls over one long-lived stream, as the hub makes them: each FetchCall is
+    answered by one FetchResult with the same call_id, in whatever order they complete.
+    The outcome of each is what Fetch would have returned or the status it would have ended
+    with. A unary call costs grpc several times the CPU of a message on an open stream.
+    """
     Describe: _grpc.UnaryUnaryMultiCallable[_adapter_pb2.DescribeRequest, _adapter_pb2.DescribeResponse]
     """What this node serves, and the key it signs with."""
 
@@ -44,6 +50,12 @@ class AdapterServiceAsyncStub(AdapterServiceStub):
     Fetch: _aio.UnaryUnaryMultiCallable[_adapter_pb2.FetchRequest, _adapter_pb2.FetchResponse]  # type: ignore[assignment]
     """Reads one record, keeps only the released fields and signs it.
     Unknown subject: NOT_FOUND. Certificate type not served: NOT_FOUND.
+    """
+    FetchStream: _aio.StreamStreamMultiCallable[_adapter_pb2.FetchCall, _adapter_pb2.FetchResult]  # type: ignore[assignment]
+    """Many Fetch calls over one long-lived stream, as the hub makes them: each FetchCall is
+    answered by one FetchResult with the same call_id, in whatever order they complete.
+    The outcome of each is what Fetch would have returned or the status it would have ended
+    with. A unary call costs grpc several times the CPU of a message on an open stream.
     """
     Describe: _aio.UnaryUnaryMultiCallable[_adapter_pb2.DescribeRequest, _adapter_pb2.DescribeResponse]  # type: ignore[assignment]
     """What this node serves, and the key it signs with."""
@@ -57,6 +69,18 @@ class AdapterServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_adapter_pb2.FetchResponse, _abc.Awaitable[_adapter_pb2.FetchResponse]]:
         """Reads one record, keeps only the released fields and signs it.
         Unknown subject: NOT_FOUND. Certificate type not served: NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def FetchStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_adapter_pb2.FetchCall],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_adapter_pb2.FetchResult], _abc.AsyncIterator[_adapter_pb2.FetchResult]]:
+        """Many Fetch calls over one long-lived stream, as the hub makes them: each FetchCall is
+        answered by one FetchResult with the same call_id, in whatever order they complete.
+        The outcome of each is what Fetch would have returned or the status it would have ended
+        with. A unary call costs grpc several times the CPU of a message on an open stream.
         """
 
     @_abc_1.abstractmethod
