@@ -9,9 +9,12 @@ registry do not keep connections forever.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -27,13 +30,166 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 IDLE_CHANNEL_SECONDS = 600.0
 IDLE_CHECK_SECONDS = 60.0  # how often fetches look for idle channels to close
+RETRY_STREAM_AFTER_SECONDS = 300.0  # how long a node without FetchStream is called unary
+
+
+class NodeCallError(Exception):
+    """One fetch from one node failed, with the status the node (or the transport) gave."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+_STATUS_BY_VALUE = {status.value[0]: status for status in grpc.StatusCode}
+
+
+class _OpenStream:
+    """One open FetchStream call and the fetches waiting on it.
+
+    Calls are queued in `outbox`, which grpc.aio's own task drains onto the stream one write
+    at a time: a fetch never waits for its write to complete, nor for another fetch's.
+    """
+
+    def __init__(self, stub: adapter_pb2_grpc.AdapterServiceStub) -> None:
+        self.waiting: dict[int, asyncio.Future[adapter_pb2.FetchResult]] = {}
+        # None ends the calls: grpc.aio stops its writer task itself only when the call is
+        # cancelled here, not when the node ends the stream.
+        self.outbox: asyncio.Queue[adapter_pb2.FetchCall | None] = asyncio.Queue()
+        self.call: grpc.aio.StreamStreamCall = stub.FetchStream(self._calls())
+        self.receiver: asyncio.Task[None] | None = None  # held: the loop keeps tasks weakly
+
+    async def _calls(self) -> AsyncIterator[adapter_pb2.FetchCall]:
+        while (call := await self.outbox.get()) is not None:
+            if call.call_id in self.waiting:  # not one whose fetch has given up meanwhile
+                yield call
+
+    def end(self, failure: NodeCallError) -> None:
+        """Stop writing, cancel the call (if the node has not ended it) and fail every fetch
+        still waiting with `failure`."""
+        self.outbox.put_nowait(None)
+        self.call.cancel()
+        for waiting in self.waiting.values():
+            if not waiting.done():
+                waiting.set_exception(failure)
+
+
+class FetchStream:
+    """The hub's fetches to one node, multiplexed over one open AdapterService.FetchStream.
+
+    A unary call costs grpc's Python machinery several times the CPU of one message on an open
+    stream, on both ends, so fetches go as FetchCall messages, each matched to its FetchResult
+    by call_id. The stream opens on first use and again after it ends; when it ends, every
+    fetch waiting on it fails at once, UNAVAILABLE or with the status the stream ended with
+    (the router moves on to the next replica). A node without FetchStream (UNIMPLEMENTED) is
+    called with unary Fetch for a while, then tried again.
+    """
+
+    def __init__(self, stub: adapter_pb2_grpc.AdapterServiceStub) -> None:
+        self._stub = stub
+        self._stream: _OpenStream | None = None
+        self._call_ids = itertools.count(1)
+        self._unary_until = 0.0  # time.monotonic() until which this node is called unary
+
+    async def fetch(
+        self, request: adapter_pb2.FetchRequest, within: float
+    ) -> adapter_pb2.FetchResponse:
+        """The node's answer to `request` within `within` seconds; NodeCallError if none."""
+        started = time.monotonic()
+        if started < self._unary_until:
+            return await self._fetch_unary(request, within)
+        try:
+            return await self._fetch_streamed(request, within)
+        except NodeCallError as error:
+            if error.code != grpc.StatusCode.UNIMPLEMENTED or time.monotonic() >= self._unary_until:
+                raise
+        # A node that predates FetchStream: this fetch, and those of the next few minutes (it
+        # may be upgraded meanwhile), go unary.
+        return await self._fetch_unary(request, max(0.001, within - (time.monotonic() - started)))
+
+    async def _fetch_streamed(
+        self, request: adapter_pb2.FetchRequest, within: float
+    ) -> adapter_pb2.FetchResponse:
+        stream = self._stream if self._stream is not None else self._open()
+        call_id = next(self._call_ids)
+        result: asyncio.Future[adapter_pb2.FetchResult] = asyncio.get_running_loop().create_future()
+        stream.waiting[call_id] = result
+        call = adapter_pb2.FetchCall(
+            call_id=call_id, request=request, timeout_ms=max(1, math.ceil(within * 1000))
+        )
+        # If the write fails, grpc.aio cancels the call; the receiver then fails this fetch.
+        stream.outbox.put_nowait(call)
+        try:
+            async with asyncio.timeout(within):
+                answer = await result
+        except TimeoutError:
+            raise NodeCallError(
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within {within:.3f} s"
+            ) from None
+        finally:
+            stream.waiting.pop(call_id, None)
+        if answer.WhichOneof("outcome") == "response":
+            return answer.response
+        code = _STATUS_BY_VALUE.get(answer.status.code, grpc.StatusCode.UNKNOWN)
+        raise NodeCallError(code, answer.status.message)
+
+    def _open(self) -> _OpenStream:
+        stream = _OpenStream(self._stub)
+        self._stream = stream
+        stream.receiver = asyncio.get_running_loop().create_task(self._receive(stream))
+        return stream
+
+    async def _receive(self, stream: _OpenStream) -> None:
+        ended = NodeCallError(grpc.StatusCode.UNAVAILABLE, "stream to the node ended")
+        try:
+            async for answer in stream.call:
+                if answer is None:  # grpc.aio's word for a message that does not parse
+                    log.warning("a node answered with an unreadable FetchResult; stream ended")
+                    ended = NodeCallError(grpc.StatusCode.UNAVAILABLE, "unreadable answer")
+                    break
+                waiting = stream.waiting.get(answer.call_id)
+                if waiting is not None and not waiting.done():
+                    waiting.set_result(answer)
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.UNIMPLEMENTED:
+                self._unary_until = time.monotonic() + RETRY_STREAM_AFTER_SECONDS
+                log.info("a node has no FetchStream (an older version); fetching with unary Fetch")
+            ended = NodeCallError(error.code(), error.details() or "stream to the node ended")
+        except asyncio.CancelledError:
+            pass  # how grpc.aio ends the iteration of a call cancelled by close() or a failed write
+        except Exception:
+            log.exception("reading a node's FetchStream failed; stream ended")
+        finally:
+            if self._stream is stream:
+                self._stream = None
+            stream.end(ended)
+
+    async def _fetch_unary(
+        self, request: adapter_pb2.FetchRequest, within: float
+    ) -> adapter_pb2.FetchResponse:
+        try:
+            response: adapter_pb2.FetchResponse = await self._stub.Fetch(request, timeout=within)
+        except grpc.aio.AioRpcError as error:
+            raise NodeCallError(error.code(), error.details() or "") from None
+        return response
+
+    async def close(self) -> None:
+        """End the stream (fetches waiting on it fail as UNAVAILABLE)."""
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.call.cancel()
 
 
 @dataclass
 class _Channel:
     channel: grpc.aio.Channel
-    stub: adapter_pb2_grpc.AdapterServiceStub
-    last_used: float
+    stream: FetchStream
+    last_used: float = 0.0
+
+    async def close(self) -> None:
+        await self.stream.close()
+        await self.channel.close()
 
 
 class Router:
@@ -76,13 +232,11 @@ class Router:
                         f"deadline passed after {attempts} attempt(s) at the data source"
                     )
                 attempts += 1
-                stub = self._stub(endpoint, source.tls_identity)
+                stream = self._stream(endpoint, source.tls_identity)
                 try:
-                    response: adapter_pb2.FetchResponse = await stub.Fetch(
-                        request, timeout=min(self._adapter_timeout, remaining)
-                    )
-                except grpc.aio.AioRpcError as error:
-                    if error.code() == grpc.StatusCode.NOT_FOUND:
+                    response = await stream.fetch(request, min(self._adapter_timeout, remaining))
+                except NodeCallError as error:
+                    if error.code == grpc.StatusCode.NOT_FOUND:
                         raise not_found(
                             f"no {request.certificate_type} record for this subject"
                         ) from None
@@ -90,8 +244,8 @@ class Router:
                         "data source %s replica %s failed: %s %s",
                         source.id,
                         endpoint,
-                        error.code().name,
-                        error.details(),
+                        error.code.name,
+                        error.details,
                     )
                     continue
                 return response.document
@@ -100,7 +254,7 @@ class Router:
         names = ", ".join(repr(s.id) for s in data_sources)
         raise unavailable(f"data source {names} unavailable: {attempts} replica(s) failed")
 
-    def _stub(self, endpoint: str, tls_identity: str) -> adapter_pb2_grpc.AdapterServiceStub:
+    def _stream(self, endpoint: str, tls_identity: str) -> FetchStream:
         key = (endpoint, tls_identity)
         entry = self._channels.get(key)
         if entry is None:
@@ -112,10 +266,10 @@ class Router:
                     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ],
             )
-            entry = _Channel(channel, adapter_pb2_grpc.AdapterServiceStub(channel), 0.0)
+            entry = _Channel(channel, FetchStream(adapter_pb2_grpc.AdapterServiceStub(channel)))
             self._channels[key] = entry
         entry.last_used = time.monotonic()
-        return entry.stub
+        return entry.stream
 
     async def _close_idle(self) -> None:
         now = time.monotonic()
@@ -123,10 +277,10 @@ class Router:
         cutoff = now - self._idle_seconds
         idle = [key for key, entry in self._channels.items() if entry.last_used < cutoff]
         for key in idle:
-            await self._channels.pop(key).channel.close()
+            await self._channels.pop(key).close()
 
     async def close(self) -> None:
         """Close every channel (at shutdown)."""
         channels, self._channels = self._channels, {}
         for entry in channels.values():
-            await entry.channel.close()
+            await entry.close()

@@ -28,7 +28,11 @@ HONEST_FIELDS = {"name": "张伟", "birth_date": "1990-05-17", "address": "北�
 
 
 class RogueAdapter(adapter_pb2_grpc.AdapterServiceServicer):  # type: ignore[misc]
-    """Answers every Fetch with a document altered according to `trick`."""
+    """Answers every Fetch with a document altered according to `trick`.
+
+    It has no FetchStream, like a node of an older version: the hub reaches it through its
+    fallback to unary Fetch, so these tests also show that fallback working.
+    """
 
     def __init__(self, key: Ed25519PrivateKey, key_id: str, impostor: Ed25519PrivateKey) -> None:
         self.key, self.key_id, self.impostor = key, key_id, impostor

@@ -279,6 +279,20 @@ async def test_a_lookup_fails_over_to_the_next_replica(world: HubWorld) -> None:
     assert document.fields["name"] == "张伟"
 
 
+async def test_a_replica_that_stops_after_answering_is_failed_over_on_the_next_lookup(
+    world: HubWorld,
+) -> None:
+    # The first lookup leaves the hub's stream to psb-a open; stopping psb-a ends it.
+    first = await world.lookup().Lookup(lookup_request())
+    await world.nodes["psb-a"].server.stop(None)
+
+    second = await world.lookup().Lookup(lookup_request())
+
+    for response in (first, second):
+        document = common_pb2.Document.FromString(response.document.payload)
+        assert document.fields["name"] == "张伟"
+
+
 async def test_every_replica_down_is_unavailable(world: HubWorld) -> None:
     for name in ("psb-a", "psb-b"):
         await world.nodes[name].server.stop(None)

@@ -1,0 +1,113 @@
+"""The hub's side of FetchStream: when a node goes away or answers nonsense, the fetches
+waiting on the stream fail at once and nothing of the stream stays behind in the hub."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+from adapter_world import ZHANG, fetch_request, file_type, write_config, write_csv
+from pki_fixture import TestPki
+
+from adapters.config import AdapterConfig
+from adapters.node import build_adapter_server
+from exchange.hub.routing import FetchStream, NodeCallError
+from exchange.tls import TlsFiles, channel_credentials, server_credentials
+from exchange.v1 import adapter_pb2_grpc, common_pb2
+
+
+@pytest.fixture
+def hub_tls(pki: TestPki) -> TlsFiles:
+    return pki.identity("hub", "hub", "EXCHANGE")
+
+
+@contextlib.asynccontextmanager
+async def stream_to(port: int, tls: TlsFiles) -> AsyncIterator[FetchStream]:
+    """The hub's FetchStream to the node on `port`, over its own mTLS channel."""
+    async with grpc.aio.secure_channel(f"127.0.0.1:{port}", channel_credentials(tls)) as channel:
+        stream = FetchStream(adapter_pb2_grpc.AdapterServiceStub(channel))  # type: ignore[misc]
+        try:
+            yield stream
+        finally:
+            await stream.close()
+
+
+async def settled_tasks(before: set[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:
+    """The tasks, besides `before`, this one and the test's own node servers (a process of
+    their own in real life), still pending once things have had 5 s to end."""
+    this = asyncio.current_task()
+    for _ in range(100):
+        left = {
+            t
+            for t in asyncio.all_tasks()
+            if t not in before and t is not this and "AioServer" not in repr(t)
+        }
+        if not left:
+            break
+        await asyncio.sleep(0.05)
+    return left
+
+
+async def test_a_node_that_stops_leaves_nothing_of_its_stream_behind(
+    tmp_path: Path, pki: TestPki, hub_tls: TlsFiles
+) -> None:
+    write_csv(tmp_path / "residents.csv")
+    config = AdapterConfig.from_file(
+        write_config(tmp_path, pki, 'kind = "files"\n' + file_type(Path("residents.csv")))
+    )
+    before = set(asyncio.all_tasks())
+    server, port = build_adapter_server(config)
+    await server.start()
+    async with stream_to(port, hub_tls) as stream:
+        answer = await stream.fetch(fetch_request(ZHANG), 10)
+        assert common_pb2.Document.FromString(answer.document.payload).fields["name"] == "张伟"
+
+        await server.stop(None)  # the node ends the stream, not the hub
+        with pytest.raises(NodeCallError) as refused:
+            await stream.fetch(fetch_request(ZHANG), 10)
+        # UNAVAILABLE, or INTERNAL when grpc sees the stream reset: any failure but NOT_FOUND
+        # sends the router on to the next replica.
+        assert refused.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
+
+        assert await settled_tasks(before) == set()
+
+
+async def test_an_unreadable_answer_ends_the_stream_and_fails_the_fetch_at_once(
+    pki: TestPki, hub_tls: TlsFiles
+) -> None:
+    ended = asyncio.Event()
+
+    async def garbage(calls: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+        try:
+            async for _ in calls:
+                yield b"\xff\xff\xff"  # not a FetchResult
+        finally:
+            ended.set()
+
+    handler = grpc.method_handlers_generic_handler(
+        "exchange.v1.AdapterService",
+        {"FetchStream": grpc.stream_stream_rpc_method_handler(garbage)},
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    node_tls = pki.identity("psb-adapter", "adapter", "PSB")
+    port = server.add_secure_port("127.0.0.1:0", server_credentials(node_tls))
+    await server.start()
+    before = set(asyncio.all_tasks())
+    try:
+        async with stream_to(port, hub_tls) as stream:
+            with pytest.raises(NodeCallError) as refused:
+                await stream.fetch(fetch_request(ZHANG), 30)
+            assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+            assert refused.value.details == "unreadable answer"
+            async with asyncio.timeout(10):
+                await ended.wait()  # the hub cancelled the call: the node's side is over too
+            assert await settled_tasks(before) == set()
+    finally:
+        await server.stop(None)
