@@ -33,6 +33,11 @@ APPEND_LOCK = 0x0A0D17_01
 SEQUENCER_LOCK = 0x0A0D17_02
 SCHEMA = sa.func.hashtext(sa.func.current_schema())
 
+# SQLite: the size the write-ahead log is cut back to when it starts over (bytes).
+WAL_SIZE_LIMIT = 64 << 20
+# SQLite: how long checkpoint_wal() waits for readers and appends to let it start the WAL over.
+WAL_RESTART_WAIT_MS = 20
+
 Sealer = Callable[[PreparedEntry, int], SealedEntry]
 
 
@@ -65,11 +70,39 @@ def writer_connection(engine: sa.Engine) -> sa.Connection:
     if conn.dialect.name == "sqlite":
         conn.exec_driver_sql("PRAGMA cache_size = -65536")  # 64 MiB
         # Its commits never checkpoint the WAL into the database file (tens of milliseconds,
-        # and a lone lookup's commit runs on the event loop); the sequencer's commits, every
-        # few seconds in a thread of their own, do.
+        # and a lone lookup's commit runs on the event loop); checkpoint_wal() does, every
+        # second, in the sequencer's thread.
         conn.exec_driver_sql("PRAGMA wal_autocheckpoint = 0")
+        # When the WAL starts over after a spike (a long export holding it, say), it is cut
+        # back to this size instead of keeping the spike's.
+        conn.exec_driver_sql(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
         conn.commit()
     return conn
+
+
+def checkpoint_wal(engine: sa.Engine) -> None:
+    """SQLite: copy the write-ahead log into the database file and have the next append start
+    the WAL over from its beginning (unless readers or appends kept it busy; the next call
+    tries again).
+
+    A PASSIVE checkpoint copies the bulk without blocking anyone, but appends go on meanwhile,
+    so it never catches up, and SQLite starts the WAL over only after a checkpoint that did.
+    RESTART then copies the few frames left while holding off appends (an append finding the
+    lock taken goes to the writer thread, which waits), and waits for readers only briefly.
+    """
+    with engine.connect() as conn:
+        dbapi = conn.connection.dbapi_connection
+        assert dbapi is not None
+        cursor = dbapi.cursor()
+        try:
+            cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            cursor.execute(f"PRAGMA busy_timeout = {WAL_RESTART_WAIT_MS}")
+            try:
+                cursor.execute("PRAGMA wal_checkpoint(RESTART)")
+            finally:
+                cursor.execute(f"PRAGMA busy_timeout = {SQLITE_LOCK_WAIT_S * 1000}")
+        finally:
+            cursor.close()
 
 
 def append_batch(

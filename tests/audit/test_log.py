@@ -9,6 +9,7 @@ import datetime as dt
 import itertools
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -24,7 +25,7 @@ from audit.keys import LogKeys
 from audit.log import AuditLog
 from audit.signing import SignatureError, verify_checkpoint, verify_receipt
 from audit.tables import audit_entries
-from exchange.db import make_engine
+from exchange.db import make_engine, upgrade
 from exchange.errors import ExchangeError
 from exchange.pki import load_public_key_raw
 from exchange.v1 import audit_pb2, lookup_pb2
@@ -349,6 +350,30 @@ async def test_a_lookup_with_few_others_under_way_never_waits_to_commit(
     finally:
         await log.close()
     assert elapsed < 0.5  # not the 1 s group commit wait
+
+
+async def test_on_sqlite_the_write_ahead_log_starts_over_instead_of_growing(
+    tmp_path: Path, audit_config: AuditConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each commit adds at least one 16 KiB page to the WAL. Until a checkpoint lets SQLite
+    # start the WAL over, the file grows with every commit (and each fsync costs more).
+    monkeypatch.setattr("audit.log.WAL_CHECKPOINT_SECONDS", 0.05)
+    engine = make_engine(f"sqlite:///{tmp_path / 'exchange.db'}")
+    upgrade(engine)
+    log = AuditLog.open(engine, audit_config)
+    await log.start()
+    commits = 1500
+    try:
+        for number in range(commits):  # lookups one after another, never idle for long
+            with log.under_way():
+                await log.append(lookup_event(number))
+            await asyncio.sleep(0.0005)
+        wal_bytes = (tmp_path / "exchange.db-wal").stat().st_size
+    finally:
+        await log.close()
+        engine.dispose()
+    assert log.batches_committed == commits
+    assert wal_bytes < commits * 16384 / 3  # it started over, several times
 
 
 def hold_append_lock(conn: sa.Connection) -> None:
