@@ -19,7 +19,7 @@ from adapters.config import AdapterConfig
 from adapters.node import build_adapter_server
 from exchange.hub.routing import FetchStream, NodeCallError
 from exchange.tls import TlsFiles, channel_credentials, server_credentials
-from exchange.v1 import adapter_pb2_grpc, common_pb2
+from exchange.v1 import adapter_pb2, adapter_pb2_grpc, common_pb2
 
 
 @pytest.fixture
@@ -111,3 +111,64 @@ async def test_an_unreadable_answer_ends_the_stream_and_fails_the_fetch_at_once(
             assert await settled_tasks(before) == set()
     finally:
         await server.stop(None)
+
+
+async def test_a_node_without_fetch_stream_is_fetched_from_unary_until_it_has_one(
+    pki: TestPki, hub_tls: TlsFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An older node answers FetchStream with UNIMPLEMENTED; once it is upgraded, the hub goes
+    # back to the stream by itself, without a restart.
+    monkeypatch.setattr("exchange.hub.routing.RETRY_STREAM_AFTER_SECONDS", 0.3)
+    served: list[str] = []
+    upgraded = False
+
+    def answer(path: str) -> adapter_pb2.FetchResponse:
+        return adapter_pb2.FetchResponse(document=common_pb2.SignedDocument(key_id=path))
+
+    async def fetch(request: adapter_pb2.FetchRequest, context: Any) -> adapter_pb2.FetchResponse:
+        served.append("unary")
+        return answer("unary")
+
+    async def fetch_stream(
+        calls: AsyncIterator[adapter_pb2.FetchCall], context: Any
+    ) -> AsyncIterator[adapter_pb2.FetchResult]:
+        if not upgraded:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+        async for call in calls:
+            served.append("stream")
+            yield adapter_pb2.FetchResult(call_id=call.call_id, response=answer("stream"))
+
+    handler = grpc.method_handlers_generic_handler(
+        "exchange.v1.AdapterService",
+        {
+            "Fetch": grpc.unary_unary_rpc_method_handler(
+                fetch,
+                request_deserializer=adapter_pb2.FetchRequest.FromString,
+                response_serializer=adapter_pb2.FetchResponse.SerializeToString,
+            ),
+            "FetchStream": grpc.stream_stream_rpc_method_handler(
+                fetch_stream,
+                request_deserializer=adapter_pb2.FetchCall.FromString,
+                response_serializer=adapter_pb2.FetchResult.SerializeToString,
+            ),
+        },
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_secure_port(
+        "127.0.0.1:0", server_credentials(pki.identity("psb-adapter", "adapter", "PSB"))
+    )
+    await server.start()
+    try:
+        async with stream_to(port, hub_tls) as stream:
+            assert (await stream.fetch(fetch_request(ZHANG), 10)).document.key_id == "unary"
+            assert (await stream.fetch(fetch_request(ZHANG), 10)).document.key_id == "unary"
+            assert served == ["unary", "unary"]  # the stream was tried once, not per fetch
+
+            upgraded = True
+            await asyncio.sleep(0.4)
+            assert (await stream.fetch(fetch_request(ZHANG), 10)).document.key_id == "stream"
+            assert (await stream.fetch(fetch_request(ZHANG), 10)).document.key_id == "stream"
+    finally:
+        await server.stop(None)
+    assert served == ["unary", "unary", "stream", "stream"]
