@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from nacl.bindings import crypto_core_ed25519_is_valid_point
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
@@ -41,6 +42,14 @@ def verify(public_key_raw: bytes, signature: bytes, message: bytes) -> bool:
     except (BadSignatureError, ValueError, TypeError):
         return False
     return True
+
+
+def is_usable_public_key(public_key_raw: bytes) -> bool:
+    """Whether `public_key_raw` could ever verify a signature: 32 bytes encoding a point of
+    the curve's prime-order group, as every key made from a private key does. Most other
+    32-byte strings are not points at all, and the few small-order points are refused by
+    `verify` (libsodium), so a registered key like that would fail every document."""
+    return len(public_key_raw) == 32 and crypto_core_ed25519_is_valid_point(public_key_raw)
 
 
 @functools.lru_cache(maxsize=1024)

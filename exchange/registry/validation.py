@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from audit.events import SubjectId
+from exchange.ed25519 import is_usable_public_key
 from exchange.errors import ExchangeError, invalid_argument
 from exchange.pki import key_id_for
 from exchange.registry.model import (
@@ -138,6 +139,11 @@ def _checked_signing_key(path: str, key: SigningKey) -> SigningKey:
         raise invalid_argument(
             f"{path}.public_key: an Ed25519 public key has {ED25519_KEY_BYTES} bytes, "
             f"got {len(key.public_key)}"
+        )
+    if not is_usable_public_key(key.public_key):
+        raise invalid_argument(
+            f"{path}.public_key: not a usable Ed25519 public key (not a point of the curve's "
+            "prime-order group); no signature could ever verify against it"
         )
     derived = key_id_for(key.public_key)
     # Adapters name their key by this derived id; any other id would never match a document.

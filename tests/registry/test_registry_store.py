@@ -273,6 +273,18 @@ REFUSALS: list[tuple[str, Change, grpc.StatusCode, str]] = [
         "department.signing_keys[0].public_key: an Ed25519 public key has 32 bytes, got 31",
     ),
     (
+        "small-order public key",  # the identity point: libsodium refuses every signature
+        _department_with_key(public_key=b"\x01" + bytes(31)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "department.signing_keys[0].public_key: not a usable Ed25519 public key",
+    ),
+    (
+        "public key that is no point of the curve",
+        _department_with_key(public_key=b"\x02" + bytes(31)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "department.signing_keys[0].public_key: not a usable Ed25519 public key",
+    ),
+    (
         "other algorithm",
         _department_with_key(algorithm="RSA"),
         grpc.StatusCode.INVALID_ARGUMENT,
