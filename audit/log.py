@@ -2,11 +2,11 @@
 
 `append()` builds the entry (everything but its index) and waits. One writer task takes
 everything queued (up to `max_batch`) and hands it to the writer thread, which stores the
-whole batch in one transaction under the database's append lock and, once it is committed,
-signs one promise over the batch's Merkle root (each receipt carries its entry's path to that
-root); then every waiting append is resolved. While a batch is being committed the next one
-gathers in the queue, so a burst of concurrent appends shares a few commits instead of paying
-one fsync each.
+whole batch in one transaction under the database's append lock; one promise over the
+batch's Merkle root is signed (each receipt carries its entry's path to that root), and once
+the transaction is committed every waiting append is resolved. While a batch is being
+committed the next one gathers in the queue, so a burst of concurrent appends shares a few
+commits instead of paying one fsync each.
 
 Group commit goes one step further under load, as PostgreSQL's commit_delay does: callers
 hold `under_way()` around work that will append (the hub, around each lookup), and when at
@@ -232,7 +232,7 @@ class AuditLog:
         With no other append to share a commit with, handing the entry to the writer thread
         and its receipt back only adds two thread wake-ups to the caller's wait (about 0.25 ms
         on the development VM). Other calls on the event loop wait for this one commit, an
-        fsync (the writer connection never checkpoints the WAL; the sequencer does); the lock
+        fsync (the writer connection never checkpoints the WAL; _keep_wal_short does); the lock
         is only tried, never waited for.
         """
         try:
@@ -332,8 +332,7 @@ class AuditLog:
         longer. Lengthening a file makes its fsync write the file's metadata too: with sqlite3
         alone on the development VM, one-entry commits back to back took 0.42 to 0.55 ms while
         the WAL grew and 0.25 to 0.30 ms once it was reused from its start, as SQLite does
-        after a complete checkpoint. Before this, only the sequencer's commits checkpointed,
-        every ten seconds, and the WAL grew all the while.
+        after a complete checkpoint.
         """
         loop = asyncio.get_running_loop()
         while True:

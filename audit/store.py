@@ -33,10 +33,8 @@ APPEND_LOCK = 0x0A0D17_01
 SEQUENCER_LOCK = 0x0A0D17_02
 SCHEMA = sa.func.hashtext(sa.func.current_schema())
 
-# SQLite: the size the write-ahead log is cut back to when it starts over (bytes).
-WAL_SIZE_LIMIT = 64 << 20
 # SQLite: how long checkpoint_wal() waits for readers and appends to let it start the WAL over.
-WAL_RESTART_WAIT_MS = 20
+WAL_RESTART_WAIT_MS = 5
 
 Sealer = Callable[[PreparedEntry, int], SealedEntry]
 
@@ -73,9 +71,6 @@ def writer_connection(engine: sa.Engine) -> sa.Connection:
         # and a lone lookup's commit runs on the event loop); checkpoint_wal() does, every
         # second, in the sequencer's thread.
         conn.exec_driver_sql("PRAGMA wal_autocheckpoint = 0")
-        # When the WAL starts over after a spike (a long export holding it, say), it is cut
-        # back to this size instead of keeping the spike's.
-        conn.exec_driver_sql(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
         conn.commit()
     return conn
 
@@ -87,20 +82,26 @@ def checkpoint_wal(engine: sa.Engine) -> None:
 
     A PASSIVE checkpoint copies the bulk without blocking anyone, but appends go on meanwhile,
     so it never catches up, and SQLite starts the WAL over only after a checkpoint that did.
-    RESTART then copies the few frames left while holding off appends (an append finding the
-    lock taken goes to the writer thread, which waits), and waits for readers only briefly.
+    RESTART then copies the few frames left. It holds the database's write lock from the
+    moment it gets it until readers are done with the WAL, at most WAL_RESTART_WAIT_MS, plus
+    two fsyncs: once a second, appends (an inline one goes to the writer thread, which waits)
+    and registry writes may wait that long.
     """
     with engine.connect() as conn:
         dbapi = conn.connection.dbapi_connection
         assert dbapi is not None
         cursor = dbapi.cursor()
         try:
+            (waited,) = cursor.execute("PRAGMA busy_timeout").fetchone()
             cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
             cursor.execute(f"PRAGMA busy_timeout = {WAL_RESTART_WAIT_MS}")
             try:
                 cursor.execute("PRAGMA wal_checkpoint(RESTART)")
             finally:
-                cursor.execute(f"PRAGMA busy_timeout = {SQLITE_LOCK_WAIT_S * 1000}")
+                cursor.execute(f"PRAGMA busy_timeout = {int(waited)}")
+        except BaseException:
+            conn.invalidate()  # never back to the pool with a 5 ms busy timeout
+            raise
         finally:
             cursor.close()
 

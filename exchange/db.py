@@ -37,6 +37,7 @@ def normalise_url(url: str) -> str:
 
 # How long a SQLite connection waits for another's write lock before "database is locked".
 SQLITE_LOCK_WAIT_S = 30
+SQLITE_WAL_SIZE_LIMIT = 64 << 20  # bytes
 
 
 def make_engine(url: str, **kwargs: Any) -> sa.Engine:
@@ -63,6 +64,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # FULL: a commit is on disk before it returns; the audit log promises durability.
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
+    # Whichever connection starts the WAL over cuts a file grown in a spike (a long export
+    # holding it, say) back to this size.
+    cursor.execute(f"PRAGMA journal_size_limit={SQLITE_WAL_SIZE_LIMIT}")
     cursor.close()
 
 

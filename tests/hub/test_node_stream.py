@@ -120,6 +120,7 @@ async def test_a_node_without_fetch_stream_is_fetched_from_unary_until_it_has_on
     # back to the stream by itself, without a restart.
     monkeypatch.setattr("exchange.hub.routing.RETRY_STREAM_AFTER_SECONDS", 0.3)
     served: list[str] = []
+    streams_opened = 0
     upgraded = False
 
     def answer(path: str) -> adapter_pb2.FetchResponse:
@@ -132,6 +133,8 @@ async def test_a_node_without_fetch_stream_is_fetched_from_unary_until_it_has_on
     async def fetch_stream(
         calls: AsyncIterator[adapter_pb2.FetchCall], context: Any
     ) -> AsyncIterator[adapter_pb2.FetchResult]:
+        nonlocal streams_opened
+        streams_opened += 1
         if not upgraded:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
         async for call in calls:
@@ -163,7 +166,8 @@ async def test_a_node_without_fetch_stream_is_fetched_from_unary_until_it_has_on
         async with stream_to(port, hub_tls) as stream:
             assert (await stream.fetch(fetch_request(ZHANG), 10)).document.key_id == "unary"
             assert (await stream.fetch(fetch_request(ZHANG), 10)).document.key_id == "unary"
-            assert served == ["unary", "unary"]  # the stream was tried once, not per fetch
+            assert served == ["unary", "unary"]
+            assert streams_opened == 1  # tried once, not before every fetch
 
             upgraded = True
             await asyncio.sleep(0.4)
@@ -172,3 +176,4 @@ async def test_a_node_without_fetch_stream_is_fetched_from_unary_until_it_has_on
     finally:
         await server.stop(None)
     assert served == ["unary", "unary", "stream", "stream"]
+    assert streams_opened == 2  # one stream carried both
