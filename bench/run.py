@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import math
 import os
 import platform
 import sys
@@ -269,6 +270,19 @@ def start_baseline(root: Path, servers: list[ServerProcess]) -> list[ServerProce
     return started
 
 
+def cpu_gauge(additions: int = 5_000_000) -> float:
+    """Seconds one core takes for `additions` pure-Python additions, best of three: how fast
+    this machine was, to compare runs taken on different days (the VM's speed varies)."""
+    best = math.inf
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for number in range(additions):
+            total += number
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
 def print_table(
     args: argparse.Namespace,
     store: str,
@@ -282,7 +296,8 @@ def print_table(
     print(f"Once-Only Exchange benchmark, {now}")
     print(
         f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
-        f"Python {platform.python_version()}, grpcio {grpc.__version__}"
+        f"Python {platform.python_version()}, grpcio {grpc.__version__}; "
+        f"CPU gauge: 5M Python additions in {cpu_gauge():.2f} s"
     )
     print(
         f"each run: {bound} in {args.rounds} rounds alternating baseline and hub, after "
