@@ -45,11 +45,10 @@ def verify(public_key_raw: bytes, signature: bytes, message: bytes) -> bool:
 
 
 def is_usable_public_key(public_key_raw: bytes) -> bool:
-    """Whether `public_key_raw` could ever verify a signature: 32 bytes encoding a point of
-    the curve's prime-order group, as every key made from a private key does. About half of
-    all 32-byte strings decode to no point and most of the rest to points outside that group
-    (`verify`, libsodium, refuses every signature for the small-order ones): bytes like that
-    are a mistake, not a key."""
+    """Whether `public_key_raw` is a public key as a private key makes one: 32 bytes encoding
+    a point of the curve's prime-order group. About half of all 32-byte strings decode to no
+    point and most of the rest to points outside that group (`verify`, libsodium, refuses
+    every signature for the small-order ones): bytes like that are a mistake, not a key."""
     return len(public_key_raw) == 32 and crypto_core_ed25519_is_valid_point(public_key_raw)
 
 

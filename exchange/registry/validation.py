@@ -143,7 +143,7 @@ def _checked_signing_key(path: str, key: SigningKey) -> SigningKey:
     if not is_usable_public_key(key.public_key):
         raise invalid_argument(
             f"{path}.public_key: not a usable Ed25519 public key (not a point of the curve's "
-            "prime-order group); no signature could ever verify against it"
+            "prime-order group, as every key made from a private key is)"
         )
     derived = key_id_for(key.public_key)
     # Adapters name their key by this derived id; any other id would never match a document.
