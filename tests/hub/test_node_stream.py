@@ -38,6 +38,24 @@ async def stream_to(port: int, tls: TlsFiles) -> AsyncIterator[FetchStream]:
             await stream.close()
 
 
+@contextlib.asynccontextmanager
+async def stand_in_node(pki: TestPki, methods: dict[str, Any]) -> AsyncIterator[int]:
+    """A node of the test's own making: AdapterService `methods` (name -> method handler)
+    served over mTLS with the PSB node's certificate; yields its port."""
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("exchange.v1.AdapterService", methods),)
+    )
+    port = server.add_secure_port(
+        "127.0.0.1:0", server_credentials(pki.identity("psb-adapter", "adapter", "PSB"))
+    )
+    await server.start()
+    try:
+        yield port
+    finally:
+        await server.stop(None)
+
+
 async def settled_tasks(before: set[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:
     """The tasks, besides `before`, this one and the test's own node servers (a process of
     their own in real life), still pending once things have had 5 s to end."""
@@ -90,17 +108,9 @@ async def test_an_unreadable_answer_ends_the_stream_and_fails_the_fetch_at_once(
         finally:
             ended.set()
 
-    handler = grpc.method_handlers_generic_handler(
-        "exchange.v1.AdapterService",
-        {"FetchStream": grpc.stream_stream_rpc_method_handler(garbage)},
-    )
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((handler,))
-    node_tls = pki.identity("psb-adapter", "adapter", "PSB")
-    port = server.add_secure_port("127.0.0.1:0", server_credentials(node_tls))
-    await server.start()
-    before = set(asyncio.all_tasks())
-    try:
+    methods = {"FetchStream": grpc.stream_stream_rpc_method_handler(garbage)}
+    async with stand_in_node(pki, methods) as port:
+        before = set(asyncio.all_tasks())
         async with stream_to(port, hub_tls) as stream:
             with pytest.raises(NodeCallError) as refused:
                 await stream.fetch(fetch_request(ZHANG), 30)
@@ -109,8 +119,6 @@ async def test_an_unreadable_answer_ends_the_stream_and_fails_the_fetch_at_once(
             async with asyncio.timeout(10):
                 await ended.wait()  # the hub cancelled the call: the node's side is over too
             assert await settled_tasks(before) == set()
-    finally:
-        await server.stop(None)
 
 
 async def test_a_node_without_fetch_stream_is_fetched_from_unary_until_it_has_one(
@@ -141,39 +149,27 @@ async def test_a_node_without_fetch_stream_is_fetched_from_unary_until_it_has_on
             served.append("stream")
             yield adapter_pb2.FetchResult(call_id=call.call_id, response=answer("stream"))
 
-    handler = grpc.method_handlers_generic_handler(
-        "exchange.v1.AdapterService",
-        {
-            "Fetch": grpc.unary_unary_rpc_method_handler(
-                fetch,
-                request_deserializer=adapter_pb2.FetchRequest.FromString,
-                response_serializer=adapter_pb2.FetchResponse.SerializeToString,
-            ),
-            "FetchStream": grpc.stream_stream_rpc_method_handler(
-                fetch_stream,
-                request_deserializer=adapter_pb2.FetchCall.FromString,
-                response_serializer=adapter_pb2.FetchResult.SerializeToString,
-            ),
-        },
-    )
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_secure_port(
-        "127.0.0.1:0", server_credentials(pki.identity("psb-adapter", "adapter", "PSB"))
-    )
-    await server.start()
-    try:
-        async with stream_to(port, hub_tls) as stream:
-            assert (await stream.fetch(fetch_request(ZHANG), 10)).document.key_id == "unary"
-            assert (await stream.fetch(fetch_request(ZHANG), 10)).document.key_id == "unary"
-            assert served == ["unary", "unary"]
-            assert streams_opened == 1  # tried once, not before every fetch
+    methods = {
+        "Fetch": grpc.unary_unary_rpc_method_handler(
+            fetch,
+            request_deserializer=adapter_pb2.FetchRequest.FromString,
+            response_serializer=adapter_pb2.FetchResponse.SerializeToString,
+        ),
+        "FetchStream": grpc.stream_stream_rpc_method_handler(
+            fetch_stream,
+            request_deserializer=adapter_pb2.FetchCall.FromString,
+            response_serializer=adapter_pb2.FetchResult.SerializeToString,
+        ),
+    }
+    async with stand_in_node(pki, methods) as port, stream_to(port, hub_tls) as stream:
+        assert (await stream.fetch(fetch_request(ZHANG), 10)).document.key_id == "unary"
+        assert (await stream.fetch(fetch_request(ZHANG), 10)).document.key_id == "unary"
+        assert served == ["unary", "unary"]
+        assert streams_opened == 1  # tried once, not before every fetch
 
-            upgraded = True
-            await asyncio.sleep(0.4)
-            assert (await stream.fetch(fetch_request(ZHANG), 10)).document.key_id == "stream"
-            assert (await stream.fetch(fetch_request(ZHANG), 10)).document.key_id == "stream"
-    finally:
-        await server.stop(None)
+        upgraded = True
+        await asyncio.sleep(0.4)
+        assert (await stream.fetch(fetch_request(ZHANG), 10)).document.key_id == "stream"
+        assert (await stream.fetch(fetch_request(ZHANG), 10)).document.key_id == "stream"
     assert served == ["unary", "unary", "stream", "stream"]
     assert streams_opened == 2  # one stream carried both
