@@ -94,11 +94,16 @@ async def endless_calls(request: adapter_pb2.FetchRequest) -> AsyncIterator[adap
 
 @contextlib.asynccontextmanager
 async def running(
-    tmp_path: Path, pki: TestPki, slow_subject: str = "", seconds: float = 2.0
+    tmp_path: Path,
+    pki: TestPki,
+    slow_subject: str = "",
+    seconds: float = 2.0,
+    backend_type: type[SlowFor] = SlowFor,
 ) -> AsyncIterator[tuple[int, grpc.aio.Server, SlowFor]]:
-    """A PSB node over a CSV file, answers about `slow_subject` held back `seconds`."""
+    """A PSB node over a CSV file, answers about `slow_subject` held back `seconds` (or as
+    `backend_type` treats them)."""
     config = psb_config(tmp_path, pki)
-    backend = SlowFor(config.load_backend(), slow_subject, seconds)
+    backend = backend_type(config.load_backend(), slow_subject, seconds)
     server, port = build_adapter_server(config, backend)
     await server.start()
     try:
@@ -244,19 +249,10 @@ async def test_a_hub_that_reads_no_answers_gets_no_more_calls_started(
 
 
 async def test_a_backend_timing_out_by_itself_is_an_internal_error_not_the_deadline(
-    tmp_path: Path, pki: TestPki
+    tmp_path: Path, pki: TestPki, hub_tls: TlsFiles
 ) -> None:
-    config = psb_config(tmp_path, pki)
-    backend = TimesOutFor(config.load_backend(), LI, 0)
-    server, port = build_adapter_server(config, backend)
-    await server.start()
-    try:
-        (result,) = await results_of(
-            port, pki.identity("hub", "hub", "EXCHANGE"), [call(1, fetch_request(LI))]
-        )
-    finally:
-        await server.stop(None)
-        await backend.close()
+    async with running(tmp_path, pki, slow_subject=LI, backend_type=TimesOutFor) as (port, _, _):
+        (result,) = await results_of(port, hub_tls, [call(1, fetch_request(LI))])
 
     assert result.status.code == grpc.StatusCode.INTERNAL.value[0]
     assert result.status.message == "internal error"  # the detail goes to the node's log
