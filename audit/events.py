@@ -2,18 +2,23 @@
 
 The hub, the registry and the audit service describe what happened as an AuditEvent and
 `await log.append(event)`; the log pseudonymises and encrypts the subject, assigns the
-index, makes it durable, and returns the receipt the caller gets. Nothing outside audit/
-knows how entries are stored or hashed.
+index, makes it durable, and returns the receipt the caller gets. A registry change is made
+through `await log.append_change(change)`, in the transaction that records it. Nothing
+outside audit/ knows how entries are stored or hashed.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from exchange.v1 import lookup_pb2
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 
 class Outcome(enum.Enum):
@@ -69,6 +74,13 @@ class AuditSink(Protocol):
     """Where events go. `append` returns once the entry is durable."""
 
     async def append(self, event: AuditEvent) -> lookup_pb2.Receipt: ...
+
+    async def append_change(
+        self, change: Callable[[sa.Connection], AuditEvent]
+    ) -> lookup_pb2.Receipt:
+        """Run `change` on a connection to the sink's database (the registry's), in the
+        transaction that records the event it returns: both are committed, or neither."""
+        ...
 
     def under_way(self) -> AbstractContextManager[object]:
         """Held around work that will append when it ends (a lookup), so that the log can

@@ -34,7 +34,7 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import sqlalchemy as sa
 
@@ -52,6 +52,8 @@ from exchange.v1 import audit_pb2, lookup_pb2
 log = logging.getLogger(__name__)
 
 _Waiting = tuple[entry.PreparedEntry, "asyncio.Future[lookup_pb2.Receipt]"]
+# What the writer commits: entries, or a change that returns the entries recording it.
+_Entries = Sequence[entry.PreparedEntry] | Callable[[sa.Connection], Sequence[entry.PreparedEntry]]
 
 # How often, on SQLite, the write-ahead log is copied into the database file (see
 # _keep_wal_short).
@@ -72,7 +74,7 @@ class AuditLog:
         self.seconds_storing = 0.0  # time the writer thread spent in those transactions
         self._queue: collections.deque[_Waiting] = collections.deque()
         self._under_way = _Counter()
-        self._batch_in_flight = False  # the writer thread is committing a batch
+        self._in_writer_thread = 0  # commits handed to the writer thread and not yet done
         # Inline commits only to a local file: a database across the network could keep the
         # event loop waiting on a connection or a round trip.
         self._commit_inline = engine.dialect.name == "sqlite"
@@ -154,7 +156,7 @@ class AuditLog:
             self._commit_inline
             and self._under_way.count == 1
             and not self._queue
-            and not self._batch_in_flight
+            and not self._in_writer_thread
         ):
             receipt = self._append_alone(prepared)
             if receipt is not None:
@@ -165,6 +167,33 @@ class AuditLog:
         if len(self._queue) >= self._under_way.count:
             self._all_joined.set()  # nobody else under way: a group commit waits no longer
         return await future
+
+    async def append_change(
+        self, change: Callable[[sa.Connection], AuditEvent]
+    ) -> lookup_pb2.Receipt:
+        """Make a change to the log's database and record it: `change` runs in the writer
+        thread, in the transaction that then stores the event it returns, so the change and
+        its entry are committed together or not at all. Whatever `change` raises rolls both
+        back and is raised here (as UNAVAILABLE unless it is an ExchangeError, like a failure
+        to store the entry). The registry's changes are made so: exchange/registry/service.py.
+        """
+        if self._closing or self._writer is None:
+            raise unavailable("audit log is not running; nothing can be changed or recorded")
+        keys = self.keys
+
+        def prepared(conn: sa.Connection) -> list[entry.PreparedEntry]:
+            return [entry.prepare(change(conn), keys, entry.time_now())]
+
+        try:
+            (receipt,) = await self._commit_in_thread(asyncio.get_running_loop(), prepared)
+        except ExchangeError:
+            raise
+        except Exception as exc:
+            log.error("audit log: a change was neither made nor recorded", exc_info=exc)
+            raise unavailable(
+                "audit log unavailable; the change was neither made nor recorded"
+            ) from exc
+        return receipt
 
     async def checkpoint(self, *, fresh: bool = False) -> audit_pb2.SignedCheckpoint:
         """The latest signed checkpoint; with fresh=True, one over everything appended so far."""
@@ -214,16 +243,17 @@ class AuditLog:
                 return
 
     async def _commit_in_thread(
-        self, loop: asyncio.AbstractEventLoop, prepared: Sequence[entry.PreparedEntry]
+        self, loop: asyncio.AbstractEventLoop, prepared: _Entries
     ) -> list[lookup_pb2.Receipt]:
-        self._batch_in_flight = True
+        self._in_writer_thread += 1
         committing = self._write_thread.submit(self._store_and_sign, prepared)
-        # Cleared when the thread is done with the connection, even if this task is cancelled
+        # Counted until the thread is done with the connection, even if this task is cancelled
         # first: until then no inline commit may use it.
-        committing.add_done_callback(
-            lambda _: loop.call_soon_threadsafe(setattr, self, "_batch_in_flight", False)
-        )
+        committing.add_done_callback(lambda _: loop.call_soon_threadsafe(self._left_writer_thread))
         return await asyncio.wrap_future(committing)
+
+    def _left_writer_thread(self) -> None:
+        self._in_writer_thread -= 1
 
     def _append_alone(self, prepared: entry.PreparedEntry) -> lookup_pb2.Receipt | None:
         """Commit one entry right here (SQLite), when nothing else is appending; None if the
@@ -263,10 +293,11 @@ class AuditLog:
             await asyncio.wait_for(self._all_joined.wait(), wait_ms / 1000)
 
     def _store_and_sign(
-        self, prepared: Sequence[entry.PreparedEntry], *, wait_for_lock: bool = True
+        self, prepared: _Entries, *, wait_for_lock: bool = True
     ) -> list[lookup_pb2.Receipt]:
-        """Commit `prepared` as the next entries, then sign them (in the writer thread, or
-        inline by `_append_alone`; never both at once)."""
+        """Commit `prepared` as the next entries (or, given a function, the change it makes
+        and the entries it returns: see append_change), then sign them; in the writer thread,
+        or inline by `_append_alone`, never both at once."""
         keys = self.keys
         if self._connection is None:
             self._connection = store.writer_connection(self.engine)
@@ -282,15 +313,23 @@ class AuditLog:
             now = dt.datetime.now(dt.UTC)
             signing.append(self._sign_thread.submit(sign_batch, keys, sealed[0].index, hashes, now))
 
+        def sealer(item: entry.PreparedEntry, index: int) -> entry.SealedEntry:
+            return entry.seal(item, index, keys)
+
         try:
-            sealed = store.append_batch(
-                self._connection,
-                prepared,
-                lambda item, index: entry.seal(item, index, keys),
-                wait_for_lock=wait_for_lock,
-                before_commit=sign_while_committing,
-            )
-        except store.AppendLockBusy:
+            if callable(prepared):
+                sealed = store.append_change(
+                    self._connection, prepared, sealer, before_commit=sign_while_committing
+                )
+            else:
+                sealed = store.append_batch(
+                    self._connection,
+                    prepared,
+                    sealer,
+                    wait_for_lock=wait_for_lock,
+                    before_commit=sign_while_committing,
+                )
+        except (store.AppendLockBusy, ExchangeError):  # nothing wrong with the connection
             raise
         except Exception:
             self._close_connection()  # it may be broken; the next batch connects afresh

@@ -119,6 +119,35 @@ def append_batch(
     instead of waiting when another transaction holds the append lock. `before_commit` gets
     the sealed entries once they are inserted, just before the commit (which may still fail).
     """
+    return _append(conn, lambda: prepared, sealer, wait_for_lock, before_commit)
+
+
+def append_change(
+    conn: sa.Connection,
+    change: Callable[[sa.Connection], Sequence[PreparedEntry]],
+    sealer: Sealer,
+    *,
+    before_commit: Callable[[Sequence[SealedEntry]], object] | None = None,
+) -> list[SealedEntry]:
+    """Make `change` on `conn` and store the entries it returns, in one durable transaction
+    (under the append lock): the change and its entries are committed together, or, if
+    anything raises, including `change`, neither is."""
+    try:
+        return _append(conn, lambda: change(conn), sealer, True, before_commit)
+    finally:
+        # The change went through SQLAlchemy, which still counts its transaction open; the
+        # DB-API connection has committed or rolled it back already.
+        if conn.in_transaction():
+            conn.rollback()
+
+
+def _append(
+    conn: sa.Connection,
+    entries: Callable[[], Sequence[PreparedEntry]],
+    sealer: Sealer,
+    wait_for_lock: bool,
+    before_commit: Callable[[Sequence[SealedEntry]], object] | None,
+) -> list[SealedEntry]:
     # The DB-API connection directly, with plain tuples: this is the log's hot path, and
     # SQLAlchemy's statement handling cost more than the database's own work per batch.
     dbapi = conn.connection.dbapi_connection
@@ -127,6 +156,7 @@ def append_batch(
         cursor: Any = dbapi.cursor()
         try:
             _take_append_lock(cursor, conn.dialect, wait_for_lock)
+            prepared = entries()
             # Read under the lock, in a statement of its own so that on PostgreSQL its
             # snapshot is taken after the lock was granted.
             cursor.execute(f"SELECT max(idx) FROM {audit_entries.name}")  # noqa: S608

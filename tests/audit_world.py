@@ -1,8 +1,13 @@
-"""Sample audit events for the audit tests: lookups about synthetic residents."""
+"""Sample audit events for the audit tests (lookups about synthetic residents), and a database
+that refuses new entries."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import Iterator
+
+import sqlalchemy as sa
 
 from audit.events import AuditEvent, EventKind, Outcome, SubjectId
 from exchange.subject import make_resident_id
@@ -41,3 +46,39 @@ def lookup_event(number: int, **overrides: object) -> AuditEvent:
     }
     values.update(overrides)
     return AuditEvent(**values)  # type: ignore[arg-type]
+
+
+# SQL that makes a database refuse new audit entries, and SQL that undoes it, per dialect.
+_REFUSE_ENTRIES = {
+    "sqlite": (
+        [
+            "CREATE TRIGGER refuse_entries BEFORE INSERT ON audit_entries "
+            "BEGIN SELECT RAISE(ABORT, 'no space left on device'); END"
+        ],
+        ["DROP TRIGGER refuse_entries"],
+    ),
+    "postgresql": (
+        [
+            "CREATE FUNCTION refuse_entries() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'no space left on device'; END $$",
+            "CREATE TRIGGER refuse_entries BEFORE INSERT ON audit_entries "
+            "FOR EACH ROW EXECUTE FUNCTION refuse_entries()",
+        ],
+        ["DROP TRIGGER refuse_entries ON audit_entries", "DROP FUNCTION refuse_entries()"],
+    ),
+}
+
+
+@contextlib.contextmanager
+def audit_inserts_refused(engine: sa.Engine) -> Iterator[None]:
+    """While inside, the database refuses every new audit entry, as a full disk would."""
+    refuse, undo = _REFUSE_ENTRIES[engine.dialect.name]
+    with engine.begin() as conn:
+        for statement in refuse:
+            conn.exec_driver_sql(statement)
+    try:
+        yield
+    finally:
+        with engine.begin() as conn:
+            for statement in undo:
+                conn.exec_driver_sql(statement)

@@ -3,7 +3,8 @@
 The hub's gate has already checked that the caller is an administrator and set
 the caller's identity. Each register or update, applied or refused, becomes one
 REGISTRY_CHANGE audit event with the record before and after, durable before the answer
-leaves. Listing is not audited: it changes nothing.
+leaves; an applied change is committed in the same transaction as its entry (see `_change`).
+Listing is not audited: it changes nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
+import sqlalchemy as sa
 from google.protobuf.message import Message
 
 from audit.events import AuditEvent, AuditSink, EventKind, Outcome, SubjectId
@@ -65,7 +67,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         async with translate_errors(context):
             department = await self._parse("RegisterDepartment", request, Department.from_proto)
             stored = await self._register(
-                "RegisterDepartment", department, self._store.register_department
+                "RegisterDepartment", department, RegistryStore.register_department
             )
             return stored.to_proto()
 
@@ -76,7 +78,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         async with translate_errors(context):
             department = await self._parse("UpdateDepartment", request, Department.from_proto)
             stored = await self._update(
-                "UpdateDepartment", department, self._store.update_department
+                "UpdateDepartment", department, RegistryStore.update_department
             )
             return stored.to_proto()
 
@@ -97,7 +99,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 "RegisterCertificateType", request, CertificateType.from_proto
             )
             stored = await self._register(
-                "RegisterCertificateType", certificate_type, self._store.register_certificate_type
+                "RegisterCertificateType", certificate_type, RegistryStore.register_certificate_type
             )
             return stored.to_proto()
 
@@ -110,7 +112,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 "UpdateCertificateType", request, CertificateType.from_proto
             )
             stored = await self._update(
-                "UpdateCertificateType", certificate_type, self._store.update_certificate_type
+                "UpdateCertificateType", certificate_type, RegistryStore.update_certificate_type
             )
             return stored.to_proto()
 
@@ -131,7 +133,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         async with translate_errors(context):
             data_source = await self._parse("RegisterDataSource", request, DataSource.from_proto)
             stored = await self._register(
-                "RegisterDataSource", data_source, self._store.register_data_source
+                "RegisterDataSource", data_source, RegistryStore.register_data_source
             )
             return stored.to_proto()
 
@@ -142,7 +144,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         async with translate_errors(context):
             data_source = await self._parse("UpdateDataSource", request, DataSource.from_proto)
             stored = await self._update(
-                "UpdateDataSource", data_source, self._store.update_data_source
+                "UpdateDataSource", data_source, RegistryStore.update_data_source
             )
             return stored.to_proto()
 
@@ -160,7 +162,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         """Register a grant (id assigned when empty); ALREADY_EXISTS when its id is taken."""
         async with translate_errors(context):
             grant = await self._parse("RegisterGrant", request, Grant.from_proto)
-            stored = await self._register("RegisterGrant", grant, self._store.register_grant)
+            stored = await self._register("RegisterGrant", grant, RegistryStore.register_grant)
             return stored.to_proto()
 
     async def UpdateGrant(
@@ -169,7 +171,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         """Replace a grant; NOT_FOUND when it is not registered."""
         async with translate_errors(context):
             grant = await self._parse("UpdateGrant", request, Grant.from_proto)
-            stored = await self._update("UpdateGrant", grant, self._store.update_grant)
+            stored = await self._update("UpdateGrant", grant, RegistryStore.update_grant)
             return stored.to_proto()
 
     async def ListGrants(
@@ -187,7 +189,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         async with translate_errors(context):
             issuer = await self._parse("RegisterConsentIssuer", request, ConsentIssuer.from_proto)
             stored = await self._register(
-                "RegisterConsentIssuer", issuer, self._store.register_consent_issuer
+                "RegisterConsentIssuer", issuer, RegistryStore.register_consent_issuer
             )
             return stored.to_proto()
 
@@ -198,7 +200,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         async with translate_errors(context):
             issuer = await self._parse("UpdateConsentIssuer", request, ConsentIssuer.from_proto)
             stored = await self._update(
-                "UpdateConsentIssuer", issuer, self._store.update_consent_issuer
+                "UpdateConsentIssuer", issuer, RegistryStore.update_consent_issuer
             )
             return stored.to_proto()
 
@@ -219,7 +221,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         async with translate_errors(context):
             delegation = await self._parse("RegisterDelegation", request, Delegation.from_proto)
             stored = await self._register(
-                "RegisterDelegation", delegation, self._store.register_delegation
+                "RegisterDelegation", delegation, RegistryStore.register_delegation
             )
             return stored.to_proto()
 
@@ -230,7 +232,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         async with translate_errors(context):
             delegation = await self._parse("UpdateDelegation", request, Delegation.from_proto)
             stored = await self._update(
-                "UpdateDelegation", delegation, self._store.update_delegation
+                "UpdateDelegation", delegation, RegistryStore.update_delegation
             )
             return stored.to_proto()
 
@@ -242,11 +244,15 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             found = await asyncio.to_thread(self._store.list_delegations)
             return registry_pb2.ListDelegationsResponse(delegations=[d.to_proto() for d in found])
 
-    async def _register(self, method: str, record: R, register: Callable[[R], R]) -> R:
-        return await self._change(method, record, lambda: (None, register(record)))
+    async def _register(
+        self, method: str, record: R, register: Callable[[RegistryStore, R], R]
+    ) -> R:
+        return await self._change(method, record, lambda store: (None, register(store, record)))
 
-    async def _update(self, method: str, record: R, update: Callable[[R], tuple[R, R]]) -> R:
-        return await self._change(method, record, lambda: update(record))
+    async def _update(
+        self, method: str, record: R, update: Callable[[RegistryStore, R], tuple[R, R]]
+    ) -> R:
+        return await self._change(method, record, lambda store: update(store, record))
 
     async def _parse(self, method: str, request: Message, parse: Callable[[Any], R]) -> R:
         """The record a request carries; one that is not a record is refused, and audited."""
@@ -265,34 +271,53 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             raise
 
     async def _change(
-        self, method: str, attempted: R, apply: Callable[[], tuple[R | None, R]]
+        self,
+        method: str,
+        attempted: R,
+        apply: Callable[[RegistryStore], tuple[R | None, R]],
     ) -> R:
-        """Apply a change off the event loop, audit its outcome, and return the stored record."""
+        """Apply a change in the transaction that audits it, and return the stored record.
+
+        The audit log runs `change` in its writer thread, in the transaction that then stores
+        the entry: an administrator's change is never in force without its entry, nor its
+        entry on record without the change.
+        """
         # A delegation is about its principal: the change shows in their access report.
         event = dataclasses.replace(_event(method), subject=_principal_of(attempted))
-        try:
-            before, after = await asyncio.to_thread(apply)
-        except Exception as exc:
-            error = as_exchange_error(exc)
-            # A refused change records what was attempted, so auditors see what was tried.
-            await self._audit.append(
-                dataclasses.replace(
-                    event,
-                    outcome=Outcome.REFUSED if error.status in REFUSALS else Outcome.FAILED,
-                    status=error.status.name,
-                    reason=error.message,
-                    change_after=to_json(attempted),
-                )
-            )
-            raise error from exc
-        await self._audit.append(
-            dataclasses.replace(
+        applied: list[R] = []
+        refusal: list[Exception] = []
+
+        def change(conn: sa.Connection) -> AuditEvent:
+            try:
+                before, after = apply(self._store.within(conn))
+            except Exception as exc:
+                refusal.append(exc)
+                raise
+            applied.append(after)
+            return dataclasses.replace(
                 event,
                 change_before="" if before is None else to_json(before),
                 change_after=to_json(after),
             )
-        )
-        return after
+
+        try:
+            await self._audit.append_change(change)
+        except Exception as exc:
+            error = as_exchange_error(exc)
+            if refusal:
+                # The store refused it (or failed), and nothing was stored: the attempt is
+                # recorded on its own, so auditors see what was tried.
+                await self._audit.append(
+                    dataclasses.replace(
+                        event,
+                        outcome=Outcome.REFUSED if error.status in REFUSALS else Outcome.FAILED,
+                        status=error.status.name,
+                        reason=error.message,
+                        change_after=to_json(attempted),
+                    )
+                )
+            raise error from exc
+        return applied[0]
 
 
 def _event(method: str) -> AuditEvent:

@@ -1,10 +1,11 @@
 """The registry store: validated changes to the catalogue, and cached snapshots of it.
 
-Each change is one transaction that first bumps the registry version row. That row lock makes
-concurrent changes (from any hub process) queue, so the existence and reference checks that
-follow see every earlier change; and a hub learns its cached snapshot is stale from one cheap
-read of that row on its next look-up (exchange/registry/version.py: inline on SQLite, shared
-between concurrent callers elsewhere), which is never older than the call asking.
+Each change is one transaction (its own, or the audit log's that records it: see `within`)
+that first bumps the registry version row. That row lock makes concurrent changes (from any
+hub process) queue, so the existence and reference checks that follow see every earlier
+change; and a hub learns its cached snapshot is stale from one cheap read of that row on its
+next look-up (exchange/registry/version.py: inline on SQLite, shared between concurrent
+callers elsewhere), which is never older than the call asking.
 
 Register refuses a taken code with ALREADY_EXISTS, update an unknown one with NOT_FOUND; a
 record that is malformed or names an unknown department or type is INVALID_ARGUMENT.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import dataclasses
 import threading
 import uuid
@@ -71,6 +73,15 @@ class RegistryStore:
         self._snapshot: RegistrySnapshot | None = None
         self._reload = threading.Lock()
         self._version = VersionReader(engine)
+        self._transaction: sa.Connection | None = None  # see within()
+
+    def within(self, conn: sa.Connection) -> RegistryStore:
+        """This store making its changes in `conn`'s open transaction, which the caller commits
+        or rolls back: the audit log's, so that a change and its audit entry are committed
+        together or not at all (see AuditLog.append_change)."""
+        view = copy.copy(self)
+        view._transaction = conn
+        return view
 
     # Departments
 
@@ -245,6 +256,10 @@ class RegistryStore:
 
     @contextlib.contextmanager
     def _change(self) -> Iterator[sa.Connection]:
+        if self._transaction is not None:
+            rows.bump_version(self._transaction)
+            yield self._transaction
+            return
         with self._engine.begin() as conn:
             rows.bump_version(conn)
             yield conn

@@ -9,6 +9,7 @@ import datetime as dt
 import itertools
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,12 @@ import grpc
 import pytest
 import rfc6962
 import sqlalchemy as sa
-from audit_world import lookup_event
+from audit_world import audit_inserts_refused, lookup_event
+from registry.registry_catalogue import psb
 
 from audit import entry, store
 from audit.config import AuditConfig
+from audit.events import AuditEvent, EventKind, Outcome
 from audit.kafka_outbox import unpublished
 from audit.keys import LogKeys
 from audit.log import AuditLog
@@ -28,6 +31,8 @@ from audit.tables import audit_entries
 from exchange.db import make_engine, upgrade
 from exchange.errors import ExchangeError
 from exchange.pki import load_public_key_raw
+from exchange.registry import Department, RegistryStore, to_json
+from exchange.registry.tables import registry_version as registry_version_table
 from exchange.v1 import audit_pb2, lookup_pb2
 
 
@@ -442,3 +447,76 @@ async def test_a_group_commit_waits_no_longer_once_every_lookup_under_way_has_ap
     assert elapsed < 0.5  # not the 1 s wait: the last of the eight ended it
     assert log.batches_committed <= 2
     assert sorted(r.entry_index for r in receipts) == list(range(8))
+
+
+# --- a change made in the transaction that records it (the registry's changes) ---------------
+
+
+def registry_change(department: Department) -> Callable[[sa.Connection], AuditEvent]:
+    """Registering `department`, as RegistryService makes it: in the log's transaction."""
+
+    def change(conn: sa.Connection) -> AuditEvent:
+        stored = RegistryStore(conn.engine).within(conn).register_department(department)
+        return AuditEvent(
+            event=EventKind.REGISTRY_CHANGE,
+            outcome=Outcome.GRANTED,
+            status="OK",
+            method="/exchange.v1.RegistryService/RegisterDepartment",
+            caller="registry-admin",
+            role="admin",
+            change_after=to_json(stored),
+        )
+
+    return change
+
+
+def registry_version(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.select(registry_version_table.c.version)).scalar_one())
+
+
+async def test_a_change_and_its_entry_are_committed_together(
+    audit_log: AuditLog, engine: sa.Engine
+) -> None:
+    await audit_log.append(lookup_event(0))
+    receipt = await audit_log.append_change(registry_change(psb()))
+
+    assert receipt.entry_index == 1
+    assert [d.code for d in RegistryStore(engine).list_departments()] == ["PSB"]
+    (_, leaf), *_ = [item for item in stored_leaves(engine) if item[0] == 1]
+    assert json.loads(json.loads(leaf)["change_after"])["code"] == "PSB"
+    # Lookups appended after it carry on the same gapless log.
+    assert (await audit_log.append(lookup_event(2))).entry_index == 2
+
+
+async def test_a_change_whose_entry_cannot_be_stored_is_not_made(
+    audit_log: AuditLog, engine: sa.Engine
+) -> None:
+    version = registry_version(engine)
+
+    with audit_inserts_refused(engine), pytest.raises(ExchangeError) as failed:
+        await audit_log.append_change(registry_change(psb()))
+
+    assert failed.value.status == grpc.StatusCode.UNAVAILABLE
+    assert "neither made nor recorded" in failed.value.message
+    assert RegistryStore(engine).list_departments() == []
+    assert registry_version(engine) == version
+    assert stored_leaves(engine) == []
+
+
+async def test_a_change_the_registry_refuses_leaves_the_log_and_the_registry_as_they_were(
+    audit_log: AuditLog, engine: sa.Engine
+) -> None:
+    department = psb()
+    await audit_log.append_change(registry_change(department))
+    version = registry_version(engine)
+
+    with pytest.raises(ExchangeError) as refused:
+        await audit_log.append_change(registry_change(dataclasses.replace(department, name="x")))
+
+    assert refused.value.status == grpc.StatusCode.ALREADY_EXISTS
+    assert [d.name for d in RegistryStore(engine).list_departments()] == [department.name]
+    assert registry_version(engine) == version  # its version bump was rolled back too
+    assert [idx for idx, _ in stored_leaves(engine)] == [0]
+    # The writer's connection is still good for the next append.
+    assert (await audit_log.append(lookup_event(1))).entry_index == 1

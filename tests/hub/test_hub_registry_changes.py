@@ -5,11 +5,13 @@ sharing the database, without a restart.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import grpc
 import grpc.aio
 import pytest
+from audit_world import audit_inserts_refused
 from hub_world import HubWorld, lookup_request, running_world, write_hub_config
 from pki_fixture import TestPki
 
@@ -47,6 +49,31 @@ async def test_a_new_grant_counts_on_the_next_call(world: HubWorld) -> None:
     response = await hrss.Lookup(lookup_request(purpose="pension_claim", fields=[]))
     document = common_pb2.Document.FromString(response.document.payload)
     assert dict(document.fields) == {"name": "张伟"}
+
+
+async def test_a_change_the_audit_log_cannot_record_is_not_made(world: HubWorld) -> None:
+    hrss = world.lookup(world.hrss)
+    admin = world.registry()
+    engine = make_engine(world.config.database)
+    try:
+        with audit_inserts_refused(engine), pytest.raises(grpc.aio.AioRpcError) as failed:
+            await admin.RegisterGrant(HRSS_GRANT)
+    finally:
+        engine.dispose()
+
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+    # Not in force, not listed, and not half made: the administrator's retry registers it.
+    assert await status_of(hrss, purpose="pension_claim", fields=[]) == "PERMISSION_DENIED"
+    listed = await admin.ListGrants(registry_pb2.ListGrantsRequest(requesting_department="HRSS"))
+    assert list(listed.grants) == []
+    assert "neither made nor recorded" in str(failed.value.details())
+    await admin.RegisterGrant(HRSS_GRANT)
+    assert await status_of(hrss, purpose="pension_claim", fields=[]) == "OK"
+    changes = await world.audit_entries(event="registry_change", requester_department="EXCHANGE")
+    grant_changes = [e for e in changes if HRSS_GRANT.id in e.change_after]
+    assert [(e.status, json.loads(e.change_after)["id"]) for e in grant_changes] == [
+        ("OK", HRSS_GRANT.id)
+    ]
 
 
 async def test_a_disabled_data_source_counts_on_the_next_call(world: HubWorld) -> None:

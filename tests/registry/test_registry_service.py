@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
+import sqlalchemy as sa
 from pki_fixture import TestPki
 from registry.registry_catalogue import (
     allowance_grant,
@@ -41,13 +42,22 @@ METHOD = "/exchange.v1.RegistryService/"
 
 @dataclass
 class RecordingAudit:
-    """An AuditSink that keeps events in memory."""
+    """An AuditSink that keeps events in memory; changes go to `engine` in a transaction
+    of their own."""
 
+    engine: sa.Engine
     events: list[AuditEvent] = field(default_factory=list)
 
     async def append(self, event: AuditEvent) -> lookup_pb2.Receipt:
         self.events.append(event)
         return lookup_pb2.Receipt(entry_index=len(self.events) - 1)
+
+    async def append_change(
+        self, change: Callable[[sa.Connection], AuditEvent]
+    ) -> lookup_pb2.Receipt:
+        with self.engine.begin() as conn:
+            event = change(conn)
+        return await self.append(event)
 
     def under_way(self) -> contextlib.nullcontext[None]:
         return contextlib.nullcontext()
@@ -85,7 +95,7 @@ class Registry:
 async def registry(pki: TestPki, tmp_path: Path) -> AsyncIterator[Registry]:
     engine = make_engine(f"sqlite:///{tmp_path / 'exchange.db'}")
     upgrade(engine)
-    audit = RecordingAudit()
+    audit = RecordingAudit(engine)
     server = grpc.aio.server(interceptors=[IdentityFromCertificate()])
     registry_pb2_grpc.add_RegistryServiceServicer_to_server(
         RegistryServicer(RegistryStore(engine), audit), server

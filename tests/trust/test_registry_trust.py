@@ -311,7 +311,7 @@ async def registry(pki: TestPki, tmp_path: Path) -> AsyncIterator[Registry]:
     engine = make_engine(f"sqlite:///{tmp_path / 'exchange.db'}")
     upgrade(engine)
     seed(RegistryStore(engine))
-    audit = RecordingAudit()
+    audit = RecordingAudit(engine)
     server = grpc.aio.server(interceptors=[IdentityFromCertificate()])
     registry_pb2_grpc.add_RegistryServiceServicer_to_server(
         RegistryServicer(RegistryStore(engine), audit), server
