@@ -36,6 +36,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 
+import grpc
 import sqlalchemy as sa
 
 from audit import entry, store
@@ -122,6 +123,10 @@ class AuditLog:
         self._wakeup.set()
         if self._writer is not None:
             await self._writer
+        # Changes (append_change) go to the writer thread directly, not through the queue:
+        # closing the connection there waits for any still being committed.
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._write_thread, self._close_connection)
         for task in (self._wal_keeper, self._ticker):
             if task is not None:
                 task.cancel()
@@ -130,7 +135,6 @@ class AuditLog:
         if self._ticker is not None:
             with contextlib.suppress(Exception):
                 await self._sequence(fresh=False)
-        await asyncio.get_running_loop().run_in_executor(self._write_thread, self._close_connection)
         self._write_thread.shutdown()
         self._sequence_thread.shutdown()
         self._sign_thread.shutdown()
@@ -186,6 +190,11 @@ class AuditLog:
 
         try:
             (receipt,) = await self._commit_in_thread(asyncio.get_running_loop(), prepared)
+        except _NotSigned:
+            raise ExchangeError(
+                grpc.StatusCode.INTERNAL,
+                "the change was made and recorded, but its receipt could not be signed",
+            ) from None
         except ExchangeError:
             raise
         except Exception as exc:
@@ -341,7 +350,9 @@ class AuditLog:
             return signing[0].result()
         except Exception:
             log.exception("audit log: entries %d.. are stored but not signed", sealed[0].index)
-            raise unavailable("audit log could not sign a receipt") from None
+            raise _NotSigned(
+                grpc.StatusCode.UNAVAILABLE, "audit log could not sign a receipt"
+            ) from None
 
     def _close_connection(self) -> None:
         connection, self._connection = self._connection, None
@@ -380,6 +391,10 @@ class AuditLog:
                 await loop.run_in_executor(self._sequence_thread, store.checkpoint_wal, self.engine)
             except Exception:
                 log.exception("audit log: WAL checkpoint failed; retrying")
+
+
+class _NotSigned(ExchangeError):
+    """Entries were committed, but their receipts could not be signed."""
 
 
 class _Counter:

@@ -303,10 +303,11 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         try:
             await self._audit.append_change(change)
         except Exception as exc:
-            error = as_exchange_error(exc)
+            # The store's own refusal (or failure), if it came to that; else the log's.
+            error = as_exchange_error(refusal[0] if refusal else exc)
             if refusal:
-                # The store refused it (or failed), and nothing was stored: the attempt is
-                # recorded on its own, so auditors see what was tried.
+                # Nothing was stored: the attempt is recorded on its own, so auditors see
+                # what was tried.
                 await self._audit.append(
                     dataclasses.replace(
                         event,

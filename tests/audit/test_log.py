@@ -520,3 +520,21 @@ async def test_a_change_the_registry_refuses_leaves_the_log_and_the_registry_as_
     assert [idx for idx, _ in stored_leaves(engine)] == [0]
     # The writer's connection is still good for the next append.
     assert (await audit_log.append(lookup_event(1))).entry_index == 1
+
+
+async def test_a_change_whose_receipt_cannot_be_signed_is_reported_as_made(
+    audit_log: AuditLog, engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any) -> list[lookup_pb2.Receipt]:
+        raise RuntimeError("signing key unreadable")
+
+    monkeypatch.setattr("audit.log.sign_batch", broken)
+
+    with pytest.raises(ExchangeError) as caught:
+        await audit_log.append_change(registry_change(psb()))
+
+    # Committed before the signature failed: the administrator must not retry as if not.
+    assert caught.value.status == grpc.StatusCode.INTERNAL
+    assert caught.value.message.startswith("the change was made and recorded")
+    assert [d.code for d in RegistryStore(engine).list_departments()] == ["PSB"]
+    assert [idx for idx, _ in stored_leaves(engine)] == [0]

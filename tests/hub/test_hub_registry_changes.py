@@ -20,7 +20,7 @@ from exchange.db import make_engine
 from exchange.hub.server import build_hub
 from exchange.registry.model import Grant
 from exchange.registry.store import RegistryStore
-from exchange.v1 import common_pb2, lookup_pb2_grpc, registry_pb2
+from exchange.v1 import audit_pb2, common_pb2, lookup_pb2_grpc, registry_pb2
 
 HRSS_GRANT = registry_pb2.Grant(
     id="hrss-residents",
@@ -74,6 +74,31 @@ async def test_a_change_the_audit_log_cannot_record_is_not_made(world: HubWorld)
     assert [(e.status, json.loads(e.change_after)["id"]) for e in grant_changes] == [
         ("OK", HRSS_GRANT.id)
     ]
+
+
+async def test_a_change_the_database_fails_is_audited_as_failed_not_blamed_on_the_log(
+    world: HubWorld,
+) -> None:
+    engine = make_engine(world.config.database)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                "CREATE TRIGGER refuse_grants BEFORE INSERT ON grants "
+                "BEGIN SELECT RAISE(ABORT, 'constraint the checks missed'); END"
+            )
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await world.registry().RegisterGrant(HRSS_GRANT)
+    finally:
+        engine.dispose()
+
+    assert failed.value.code() == grpc.StatusCode.INTERNAL
+    entry = await world.last_entry(event="registry_change")
+    assert (entry.outcome, entry.status) == (audit_pb2.FAILED, "INTERNAL")
+    assert json.loads(entry.change_after)["id"] == HRSS_GRANT.id
+    assert "audit log" not in entry.reason
+    assert await status_of(world.lookup(world.hrss), purpose="pension_claim") == (
+        "PERMISSION_DENIED"
+    )
 
 
 async def test_a_disabled_data_source_counts_on_the_next_call(world: HubWorld) -> None:
