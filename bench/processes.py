@@ -65,6 +65,10 @@ class ServerProcess:
         """CPU time (user + system, all threads) the process has used so far."""
         return cpu_seconds(self.pid)
 
+    def loop_cpu_seconds(self) -> float:
+        """CPU time its main thread (the event loop's) has used so far."""
+        return cpu_seconds(self.pid, thread=self.pid)
+
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM (a graceful shutdown), then SIGKILL if it has not ended within `timeout`."""
         process, self._process = self._process, None
@@ -86,10 +90,11 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError(f"process {pid} reports no VmRSS")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process `pid` from /proc/PID/stat."""
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User + system CPU seconds of process `pid` (or of its thread `thread`) from /proc."""
+    stat = Path(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat")
     # The command name (field 2) may hold spaces; the fields after it are space-separated.
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    fields = stat.read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 

@@ -50,6 +50,7 @@ class Measured:
     result: load.RunResult
     cpu_seconds: dict[str, float]  # server name -> CPU seconds
     client_cpu_seconds: float  # the load generator's
+    loop_cpu_seconds: dict[str, float]  # server name -> CPU seconds of its event-loop thread
 
     @property
     def cpu_ms(self) -> dict[str, float]:
@@ -62,11 +63,16 @@ class Measured:
         """The load generator's CPU milliseconds per successful call."""
         return self.client_cpu_seconds * 1000 / max(self.result.calls, 1)
 
+    def loop_busy(self, server: str) -> float:
+        """The share of the run `server`'s event-loop thread spent on the CPU."""
+        return self.loop_cpu_seconds[server] / self.result.seconds if self.result.seconds else 0.0
+
     def __add__(self, other: Measured) -> Measured:
         return Measured(
             self.result + other.result,
             {n: s + other.cpu_seconds.get(n, 0.0) for n, s in self.cpu_seconds.items()},
             self.client_cpu_seconds + other.client_cpu_seconds,
+            {n: s + other.loop_cpu_seconds.get(n, 0.0) for n, s in self.loop_cpu_seconds.items()},
         )
 
 
@@ -225,6 +231,7 @@ async def measured_run(
 ) -> Measured:
     """One bounded run, with the CPU time `servers` and this process spent on it."""
     before = {server.name: server.cpu_seconds() for server in servers}
+    loop_before = {server.name: server.loop_cpu_seconds() for server in servers}
     client_before = time.process_time()
     result = await load.run(
         call, requests, concurrency, seconds=seconds, calls=calls, warmup_seconds=0
@@ -233,6 +240,7 @@ async def measured_run(
         result,
         {server.name: server.cpu_seconds() - before[server.name] for server in servers},
         time.process_time() - client_before,
+        {s.name: s.loop_cpu_seconds() - loop_before[s.name] for s in servers},
     )
 
 
@@ -328,6 +336,14 @@ def print_table(
         c.hub.client_cpu_ms for c in comparisons
     ]
     print(f"load generator CPU ms/call: {min(client):.2f} to {max(client):.2f}")
+    # Each server's Python runs on its event-loop thread under one GIL (the hub's audit
+    # threads take turns with it): a loop busy near 100% is that process's ceiling.
+    busy = ", ".join(
+        f"{c.baseline.loop_busy('forwarder'):.0%} | {c.hub.loop_busy('hub'):.0%} at "
+        f"{c.hub.result.concurrency}"
+        for c in comparisons
+    )
+    print(f"event-loop thread busy, forwarder | hub: {busy}")
     print(f"hub RSS: {rss_start:.1f} MiB at start, {rss_end:.1f} MiB at end")
     sys.stdout.flush()
 
