@@ -538,3 +538,28 @@ async def test_a_change_whose_receipt_cannot_be_signed_is_reported_as_made(
     assert caught.value.message.startswith("the change was made and recorded")
     assert [d.code for d in RegistryStore(engine).list_departments()] == ["PSB"]
     assert [idx for idx, _ in stored_leaves(engine)] == [0]
+
+
+async def test_changes_made_among_lookups_leave_one_gapless_log(
+    audit_log: AuditLog, engine: sa.Engine
+) -> None:
+    departments = [dataclasses.replace(psb(), code=f"D{n:02d}", name=f"部门{n}") for n in range(8)]
+
+    async def lookup(number: int) -> int:
+        with audit_log.under_way():  # as the hub holds it: group commit at work
+            await asyncio.sleep(0.001 * (number % 5))
+            return (await audit_log.append(lookup_event(number))).entry_index
+
+    async def change(department: Department) -> int:
+        return (await audit_log.append_change(registry_change(department))).entry_index
+
+    indexes = await asyncio.gather(
+        *(lookup(n) for n in range(200)), *(change(d) for d in departments)
+    )
+
+    assert sorted(indexes) == list(range(208))
+    assert [idx for idx, _ in stored_leaves(engine)] == list(range(208))
+    assert {d.code for d in RegistryStore(engine).list_departments()} == {
+        d.code for d in departments
+    }
+    assert audit_log.batches_committed < 200  # the lookups still shared commits
