@@ -1,5 +1,5 @@
 """Sample audit events for the audit tests (lookups about synthetic residents), and a database
-that refuses new entries."""
+that refuses new rows."""
 
 from __future__ import annotations
 
@@ -48,37 +48,37 @@ def lookup_event(number: int, **overrides: object) -> AuditEvent:
     return AuditEvent(**values)  # type: ignore[arg-type]
 
 
-# SQL that makes a database refuse new audit entries, and SQL that undoes it, per dialect.
-_REFUSE_ENTRIES = {
+# SQL that makes a database refuse new rows in {table}, and SQL that undoes it, per dialect.
+_REFUSE_INSERTS = {
     "sqlite": (
         [
-            "CREATE TRIGGER refuse_entries BEFORE INSERT ON audit_entries "
+            "CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} "
             "BEGIN SELECT RAISE(ABORT, 'no space left on device'); END"
         ],
-        ["DROP TRIGGER refuse_entries"],
+        ["DROP TRIGGER refuse_{table}"],
     ),
     "postgresql": (
         [
-            "CREATE FUNCTION refuse_entries() RETURNS trigger LANGUAGE plpgsql AS "
+            "CREATE FUNCTION refuse_{table}() RETURNS trigger LANGUAGE plpgsql AS "
             "$$ BEGIN RAISE EXCEPTION 'no space left on device'; END $$",
-            "CREATE TRIGGER refuse_entries BEFORE INSERT ON audit_entries "
-            "FOR EACH ROW EXECUTE FUNCTION refuse_entries()",
+            "CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} "
+            "FOR EACH ROW EXECUTE FUNCTION refuse_{table}()",
         ],
-        ["DROP TRIGGER refuse_entries ON audit_entries", "DROP FUNCTION refuse_entries()"],
+        ["DROP TRIGGER refuse_{table} ON {table}", "DROP FUNCTION refuse_{table}()"],
     ),
 }
 
 
 @contextlib.contextmanager
-def audit_inserts_refused(engine: sa.Engine) -> Iterator[None]:
-    """While inside, the database refuses every new audit entry, as a full disk would."""
-    refuse, undo = _REFUSE_ENTRIES[engine.dialect.name]
+def inserts_refused(engine: sa.Engine, table: str) -> Iterator[None]:
+    """While inside, the database refuses every new row in `table`, as a full disk would."""
+    refuse, undo = _REFUSE_INSERTS[engine.dialect.name]
     with engine.begin() as conn:
         for statement in refuse:
-            conn.exec_driver_sql(statement)
+            conn.exec_driver_sql(statement.format(table=table))
     try:
         yield
     finally:
         with engine.begin() as conn:
             for statement in undo:
-                conn.exec_driver_sql(statement)
+                conn.exec_driver_sql(statement.format(table=table))

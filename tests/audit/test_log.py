@@ -17,8 +17,9 @@ import grpc
 import pytest
 import rfc6962
 import sqlalchemy as sa
-from audit_world import audit_inserts_refused, lookup_event
+from audit_world import inserts_refused, lookup_event
 from registry.registry_catalogue import psb
+from registry.test_registry_store import version_of
 
 from audit import entry, store
 from audit.config import AuditConfig
@@ -32,7 +33,6 @@ from exchange.db import make_engine, upgrade
 from exchange.errors import ExchangeError
 from exchange.pki import load_public_key_raw
 from exchange.registry import Department, RegistryStore, to_json
-from exchange.registry.tables import registry_version as registry_version_table
 from exchange.v1 import audit_pb2, lookup_pb2
 
 
@@ -470,11 +470,6 @@ def registry_change(department: Department) -> Callable[[sa.Connection], AuditEv
     return change
 
 
-def registry_version(engine: sa.Engine) -> int:
-    with engine.connect() as conn:
-        return int(conn.execute(sa.select(registry_version_table.c.version)).scalar_one())
-
-
 async def test_a_change_and_its_entry_are_committed_together(
     audit_log: AuditLog, engine: sa.Engine
 ) -> None:
@@ -492,15 +487,15 @@ async def test_a_change_and_its_entry_are_committed_together(
 async def test_a_change_whose_entry_cannot_be_stored_is_not_made(
     audit_log: AuditLog, engine: sa.Engine
 ) -> None:
-    version = registry_version(engine)
+    version = version_of(engine)
 
-    with audit_inserts_refused(engine), pytest.raises(ExchangeError) as failed:
+    with inserts_refused(engine, "audit_entries"), pytest.raises(ExchangeError) as failed:
         await audit_log.append_change(registry_change(psb()))
 
     assert failed.value.status == grpc.StatusCode.UNAVAILABLE
     assert "neither made nor recorded" in failed.value.message
     assert RegistryStore(engine).list_departments() == []
-    assert registry_version(engine) == version
+    assert version_of(engine) == version
     assert stored_leaves(engine) == []
 
 
@@ -509,14 +504,14 @@ async def test_a_change_the_registry_refuses_leaves_the_log_and_the_registry_as_
 ) -> None:
     department = psb()
     await audit_log.append_change(registry_change(department))
-    version = registry_version(engine)
+    version = version_of(engine)
 
     with pytest.raises(ExchangeError) as refused:
         await audit_log.append_change(registry_change(dataclasses.replace(department, name="x")))
 
     assert refused.value.status == grpc.StatusCode.ALREADY_EXISTS
     assert [d.name for d in RegistryStore(engine).list_departments()] == [department.name]
-    assert registry_version(engine) == version  # its version bump was rolled back too
+    assert version_of(engine) == version  # its version bump was rolled back too
     assert [idx for idx, _ in stored_leaves(engine)] == [0]
     # The writer's connection is still good for the next append.
     assert (await audit_log.append(lookup_event(1))).entry_index == 1

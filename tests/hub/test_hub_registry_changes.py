@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import grpc.aio
 import pytest
-from audit_world import audit_inserts_refused
+from audit_world import inserts_refused
 from hub_world import HubWorld, lookup_request, running_world, write_hub_config
 from pki_fixture import TestPki
 
@@ -56,7 +56,10 @@ async def test_a_change_the_audit_log_cannot_record_is_not_made(world: HubWorld)
     admin = world.registry()
     engine = make_engine(world.config.database)
     try:
-        with audit_inserts_refused(engine), pytest.raises(grpc.aio.AioRpcError) as failed:
+        with (
+            inserts_refused(engine, "audit_entries"),
+            pytest.raises(grpc.aio.AioRpcError) as failed,
+        ):
             await admin.RegisterGrant(HRSS_GRANT)
     finally:
         engine.dispose()
@@ -81,12 +84,7 @@ async def test_a_change_the_database_fails_is_audited_as_failed_not_blamed_on_th
 ) -> None:
     engine = make_engine(world.config.database)
     try:
-        with engine.begin() as conn:
-            conn.exec_driver_sql(
-                "CREATE TRIGGER refuse_grants BEFORE INSERT ON grants "
-                "BEGIN SELECT RAISE(ABORT, 'constraint the checks missed'); END"
-            )
-        with pytest.raises(grpc.aio.AioRpcError) as failed:
+        with inserts_refused(engine, "grants"), pytest.raises(grpc.aio.AioRpcError) as failed:
             await world.registry().RegisterGrant(HRSS_GRANT)
     finally:
         engine.dispose()
