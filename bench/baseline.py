@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -37,6 +38,15 @@ class Echo(adapter_pb2_grpc.AdapterServiceServicer):
     ) -> adapter_pb2.FetchResponse:
         """The canned document."""
         return self._response
+
+    async def FetchStream(
+        self,
+        request_iterator: AsyncIterator[adapter_pb2.FetchCall],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[adapter_pb2.FetchResult]:
+        """Not part of the baseline: its forwarder makes one unary Fetch per lookup."""
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the baseline echo only fetches")
+        yield adapter_pb2.FetchResult()  # unreachable: context.abort raises
 
     async def Describe(
         self, request: adapter_pb2.DescribeRequest, context: grpc.aio.ServicerContext
