@@ -82,6 +82,7 @@ class Comparison:
 
     baseline: Measured
     hub: Measured
+    round_ratios: list[float]  # the ratio in each round: how much the machine moved meanwhile
 
     @property
     def ratio(self) -> float:
@@ -214,11 +215,16 @@ async def compare(
     seconds = args.seconds / rounds if args.seconds is not None else None
     calls = -(-args.calls // rounds) if args.calls is not None else None
     measured: dict[str, Measured] = {}
+    round_ratios = []
     for _ in range(rounds):
+        this_round: dict[str, float] = {}
         for name, (call, servers) in paths.items():
             part = await measured_run(call, requests, concurrency, servers, seconds, calls)
             measured[name] = measured[name] + part if name in measured else part
-    return Comparison(measured["baseline"], measured["hub"])
+            this_round[name] = part.result.per_second
+        if this_round["baseline"]:
+            round_ratios.append(this_round["hub"] / this_round["baseline"])
+    return Comparison(measured["baseline"], measured["hub"], round_ratios)
 
 
 async def measured_run(
@@ -344,6 +350,13 @@ def print_table(
         for c in comparisons
     )
     print(f"event-loop thread busy, forwarder | hub: {busy}")
+    spread = ", ".join(
+        f"{min(c.round_ratios):.2f} to {max(c.round_ratios):.2f} at {c.hub.result.concurrency}"
+        for c in comparisons
+        if c.round_ratios
+    )
+    if spread:
+        print(f"hub/baseline round by round: {spread}")
     print(f"hub RSS: {rss_start:.1f} MiB at start, {rss_end:.1f} MiB at end")
     sys.stdout.flush()
 
