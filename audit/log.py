@@ -197,6 +197,12 @@ class AuditLog:
             ) from None
         except ExchangeError:
             raise
+        except store.CommitOutcomeUnknown as exc:
+            log.error("audit log: a change's commit was lost; it may have been made", exc_info=exc)
+            raise unavailable(
+                "audit log's database failed while committing: the change may or may not have "
+                "been made and recorded; look it up in the registry before trying again"
+            ) from exc
         except Exception as exc:
             log.error("audit log: a change was neither made nor recorded", exc_info=exc)
             raise unavailable(
@@ -418,5 +424,8 @@ def _as_failure(count: int, exc: Exception) -> ExchangeError:
 
 
 def _not_recorded(count: int, exc: Exception) -> ExchangeError:
+    if isinstance(exc, store.CommitOutcomeUnknown):
+        log.error("audit log: a batch of %d entries may not be stored", count, exc_info=exc)
+        return unavailable("audit log unavailable; the entry may not have been recorded")
     log.error("audit log: a batch of %d entries was not stored", count, exc_info=exc)
     return unavailable("audit log unavailable; the entry was not recorded")

@@ -10,6 +10,7 @@ from its own threads.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -41,6 +42,11 @@ Sealer = Callable[[PreparedEntry, int], SealedEntry]
 
 class AppendLockBusy(Exception):
     """append_batch(wait_for_lock=False) found the append lock taken; nothing was stored."""
+
+
+class CommitOutcomeUnknown(Exception):
+    """The database connection failed during COMMIT: the transaction may have been committed
+    or not, and only reading the database again can tell."""
 
 
 def begin_immediate(conn: sa.Connection) -> None:
@@ -136,9 +142,11 @@ def append_change(
         return _append(conn, lambda: change(conn), sealer, True, before_commit)
     finally:
         # The change went through SQLAlchemy, which still counts its transaction open; the
-        # DB-API connection has committed or rolled it back already.
+        # DB-API connection has committed or rolled it back already. On a connection that
+        # was lost this fails too, and must not hide why the append failed.
         if conn.in_transaction():
-            conn.rollback()
+            with contextlib.suppress(sa.exc.DBAPIError):
+                conn.rollback()
 
 
 def _append(
@@ -174,9 +182,19 @@ def _append(
             cursor.close()
         if before_commit is not None:
             before_commit(sealed)
-        dbapi.commit()
     except BaseException:
         dbapi.rollback()
+        raise
+    try:
+        dbapi.commit()
+    except BaseException as exc:
+        with contextlib.suppress(Exception):  # on a lost connection this fails too
+            dbapi.rollback()
+        # The driver's connection-level errors (psycopg's server gone, SQLite's I/O error)
+        # leave the outcome open; an error the database itself answered with means rollback.
+        driver = conn.dialect.loaded_dbapi
+        if isinstance(exc, driver.OperationalError | driver.InterfaceError):
+            raise CommitOutcomeUnknown(str(exc)) from exc
         raise
     return sealed
 

@@ -535,6 +535,45 @@ async def test_a_change_whose_receipt_cannot_be_signed_is_reported_as_made(
     assert [idx for idx, _ in stored_leaves(engine)] == [0]
 
 
+@pytest.mark.postgres
+async def test_a_change_whose_commit_is_lost_is_reported_as_perhaps_made(
+    postgres_url: str, audit_config: AuditConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = make_engine(postgres_url)
+    upgrade(engine)
+    log = await started_log(engine, audit_config)
+    append_change = store.append_change
+
+    def losing_the_connection_at_commit(
+        conn: sa.Connection, change: Any, sealer: Any, *, before_commit: Any
+    ) -> list[entry.SealedEntry]:
+        def then_the_server_ends_the_session(sealed: Any) -> None:
+            before_commit(sealed)
+            backend = conn.connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
+            with engine.connect() as other:
+                other.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+
+        return append_change(conn, change, sealer, before_commit=then_the_server_ends_the_session)
+
+    monkeypatch.setattr(store, "append_change", losing_the_connection_at_commit)
+    try:
+        with pytest.raises(ExchangeError) as failed:
+            await log.append_change(registry_change(psb()))
+        monkeypatch.undo()
+
+        # The COMMIT never reached the server here, but the hub cannot know that: it must not
+        # tell the administrator that retrying is safe.
+        assert failed.value.status == grpc.StatusCode.UNAVAILABLE
+        assert "may or may not have been made" in failed.value.message
+        assert RegistryStore(engine).list_departments() == []
+        # The writer connects afresh, and the log carries on without a gap.
+        assert (await log.append(lookup_event(0))).entry_index == 0
+        assert (await log.append_change(registry_change(psb()))).entry_index == 1
+    finally:
+        await log.close()
+        engine.dispose()
+
+
 async def test_changes_made_among_lookups_leave_one_gapless_log(
     audit_log: AuditLog, engine: sa.Engine
 ) -> None:
