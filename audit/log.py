@@ -32,9 +32,11 @@ import collections
 import concurrent.futures
 import contextlib
 import datetime as dt
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Protocol
 
 import grpc
 import sqlalchemy as sa
@@ -53,8 +55,20 @@ from exchange.v1 import audit_pb2, lookup_pb2
 log = logging.getLogger(__name__)
 
 _Waiting = tuple[entry.PreparedEntry, "asyncio.Future[lookup_pb2.Receipt]"]
-# What the writer commits: entries, or a change that returns the entries recording it.
-_Entries = Sequence[entry.PreparedEntry] | Callable[[sa.Connection], Sequence[entry.PreparedEntry]]
+
+
+class _Write(Protocol):
+    """How one commit stores its entries on the writer's connection: store.append_batch with
+    the entries bound, or store.append_change with the change bound."""
+
+    def __call__(
+        self,
+        conn: sa.Connection,
+        *,
+        sealer: store.Sealer,
+        before_commit: Callable[[Sequence[entry.SealedEntry]], object],
+    ) -> list[entry.SealedEntry]: ...
+
 
 # How often, on SQLite, the write-ahead log is copied into the database file (see
 # _keep_wal_short).
@@ -189,7 +203,9 @@ class AuditLog:
             return [entry.prepare(change(conn), keys, entry.time_now())]
 
         try:
-            (receipt,) = await self._commit_in_thread(asyncio.get_running_loop(), prepared)
+            (receipt,) = await self._commit_in_thread(
+                asyncio.get_running_loop(), functools.partial(store.append_change, change=prepared)
+            )
         except _NotSigned:
             raise ExchangeError(
                 grpc.StatusCode.INTERNAL,
@@ -244,7 +260,9 @@ class AuditLog:
                 batch = [self._queue.popleft() for _ in range(count)]
                 prepared = [item[0] for item in batch]
                 try:
-                    receipts = await self._commit_in_thread(loop, prepared)
+                    receipts = await self._commit_in_thread(
+                        loop, functools.partial(store.append_batch, prepared=prepared)
+                    )
                 except Exception as exc:
                     failure = _as_failure(count, exc)
                     for _, future in batch:
@@ -258,10 +276,10 @@ class AuditLog:
                 return
 
     async def _commit_in_thread(
-        self, loop: asyncio.AbstractEventLoop, prepared: _Entries
+        self, loop: asyncio.AbstractEventLoop, write: _Write
     ) -> list[lookup_pb2.Receipt]:
         self._in_writer_thread += 1
-        committing = self._write_thread.submit(self._store_and_sign, prepared)
+        committing = self._write_thread.submit(self._store_and_sign, write)
         # Counted until the thread is done with the connection, even if this task is cancelled
         # first: until then no inline commit may use it.
         committing.add_done_callback(lambda _: loop.call_soon_threadsafe(self._left_writer_thread))
@@ -281,7 +299,8 @@ class AuditLog:
         is only tried, never waited for.
         """
         try:
-            return self._store_and_sign([prepared], wait_for_lock=False)[0]
+            alone = functools.partial(store.append_batch, prepared=[prepared], wait_for_lock=False)
+            return self._store_and_sign(alone)[0]
         except store.AppendLockBusy:
             return None
         except ExchangeError:
@@ -307,12 +326,10 @@ class AuditLog:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._all_joined.wait(), wait_ms / 1000)
 
-    def _store_and_sign(
-        self, prepared: _Entries, *, wait_for_lock: bool = True
-    ) -> list[lookup_pb2.Receipt]:
-        """Commit `prepared` as the next entries (or, given a function, the change it makes
-        and the entries it returns: see append_change), then sign them; in the writer thread,
-        or inline by `_append_alone`, never both at once."""
+    def _store_and_sign(self, write: _Write) -> list[lookup_pb2.Receipt]:
+        """Commit the next entries (and, for append_change, the change they record) with
+        `write`, then sign them; in the writer thread, or inline by `_append_alone`, never
+        both at once."""
         keys = self.keys
         if self._connection is None:
             self._connection = store.writer_connection(self.engine)
@@ -332,18 +349,7 @@ class AuditLog:
             return entry.seal(item, index, keys)
 
         try:
-            if callable(prepared):
-                sealed = store.append_change(
-                    self._connection, prepared, sealer, before_commit=sign_while_committing
-                )
-            else:
-                sealed = store.append_batch(
-                    self._connection,
-                    prepared,
-                    sealer,
-                    wait_for_lock=wait_for_lock,
-                    before_commit=sign_while_committing,
-                )
+            sealed = write(self._connection, sealer=sealer, before_commit=sign_while_committing)
         except (store.AppendLockBusy, ExchangeError):  # nothing wrong with the connection
             raise
         except Exception:
