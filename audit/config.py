@@ -31,8 +31,9 @@ class AuditConfig:
     checkpoint_interval_seconds: float = 10.0
     max_batch: int = 1024  # most entries committed in one transaction
     # Group commit: when at least `group_commit_siblings` other lookups are under way, a commit
-    # waits up to this long for them to join it (see AuditLog). 0 commits at once, always.
-    group_commit_wait_ms: float = 4.0
+    # waits up to this long for them to join it, less if they all have or if none has for a
+    # quarter of it (see AuditLog._let_others_join). 0 commits at once, always.
+    group_commit_wait_ms: float = 24.0
     group_commit_siblings: int = 4
 
     def __post_init__(self) -> None:
@@ -60,7 +61,7 @@ class AuditConfig:
             secrets=base_dir / Path(str(d["secrets"])),
             checkpoint_interval_seconds=float(d.get("checkpoint_interval_seconds", 10.0)),
             max_batch=int(d.get("max_batch", 1024)),
-            group_commit_wait_ms=float(d.get("group_commit_wait_ms", 4.0)),
+            group_commit_wait_ms=float(d.get("group_commit_wait_ms", 24.0)),
             group_commit_siblings=int(d.get("group_commit_siblings", 4)),
         )
 

@@ -46,7 +46,7 @@ def test_group_commit_settings_are_read_and_checked(tmp_path: Path) -> None:
         {**keys, "group_commit_wait_ms": 2.5, "group_commit_siblings": 8}, tmp_path
     )
     assert (config.group_commit_wait_ms, config.group_commit_siblings) == (2.5, 8)
-    assert AuditConfig.from_dict(keys, tmp_path).group_commit_wait_ms == 4.0
+    assert AuditConfig.from_dict(keys, tmp_path).group_commit_wait_ms == 24.0
     with pytest.raises(ValueError, match="group_commit_wait_ms"):
         AuditConfig.from_dict({**keys, "group_commit_wait_ms": -1}, tmp_path)
     with pytest.raises(ValueError, match="group_commit_siblings"):
