@@ -31,8 +31,8 @@ class AuditConfig:
     checkpoint_interval_seconds: float = 10.0
     max_batch: int = 1024  # most entries committed in one transaction
     # Group commit: when at least `group_commit_siblings` other lookups are under way, a commit
-    # waits up to this long for them to join it, less if they all have or if none has for a
-    # quarter of it (see AuditLog._let_others_join). 0 commits at once, always.
+    # waits up to this long for them to join it, less if they all have or if a quarter of it
+    # passes with none joining (see AuditLog._let_others_join). 0 commits at once, always.
     group_commit_wait_ms: float = 24.0
     group_commit_siblings: int = 4
 

@@ -12,7 +12,7 @@ Group commit goes one step further under load, as PostgreSQL's commit_delay does
 hold `under_way()` around work that will append (the hub, around each lookup), and when at
 least `group_commit_siblings` others are under way, the writer waits up to
 `group_commit_wait_ms` before taking the next batch, so they join it; it stops waiting as
-soon as they all have, or once none has joined for a while (see `_let_others_join`). A
+soon as they all have, or once a while passes with none joining (`_let_others_join`). A
 commit costs an fsync and a signature whatever its size (about 0.25 ms of CPU on the
 development VM); at a thousand lookups a second, batches of one or two cost a fifth of the
 hub's CPU, batches of ten a twentieth. A lookup on its own never waits: on SQLite it even
@@ -71,7 +71,7 @@ class _Write(Protocol):
     ) -> list[entry.SealedEntry]: ...
 
 
-# A group commit stops waiting once no lookup has joined it for this part of its window.
+# A group commit stops waiting once this part of its window passes with no lookup joining.
 QUIET_PARTS = 4
 
 # How often, on SQLite, the write-ahead log is copied into the database file (see
@@ -314,9 +314,9 @@ class AuditLog:
 
     async def _let_others_join(self) -> None:
         """Before a commit, wait up to group_commit_wait_ms while enough others are under way:
-        until every lookup under way has appended, or until none has joined for a quarter of
-        the window (QUIET_PARTS). Those still out are slow then, waiting on a node say, and
-        the receipts of those that did append should not wait for them.
+        until every lookup under way has appended, or until a quarter of the window
+        (QUIET_PARTS) passes with none joining. Those still out are slow then, waiting on a
+        node say, and the receipts of those that did append should not wait for them.
 
         The longer the window, the fewer commits share out their fixed cost: an fsync, a
         signature and a dozen hand-offs of the GIL between threads. Measured at concurrency

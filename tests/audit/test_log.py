@@ -452,8 +452,8 @@ async def test_a_group_commit_waits_no_longer_once_every_lookup_under_way_has_ap
 async def test_a_group_commit_stops_waiting_for_lookups_that_stopped_joining(
     engine: sa.Engine, audit_config: AuditConfig
 ) -> None:
-    # Lookups stuck on a slow node stay under way: a commit gives up on them once none has
-    # joined for a quarter of its window, instead of holding every receipt for all of it.
+    # Lookups stuck on a slow node stay under way: a commit gives up on them once a quarter
+    # of its window passes with none joining, instead of holding every receipt for all of it.
     log = await started_log(engine, audit_config, group_commit_wait_ms=1000)
     try:
         with contextlib.ExitStack() as stuck:
@@ -464,7 +464,7 @@ async def test_a_group_commit_stops_waiting_for_lookups_that_stopped_joining(
             elapsed = time.monotonic() - started
     finally:
         await log.close()
-    assert elapsed < 0.8  # a quiet quarter (0.25 s) after the last joined, not the 1 s window
+    assert elapsed < 0.8  # a quarter (0.25 s) with none joining, not the whole 1 s window
     assert log.batches_committed == 1  # the three that came 50 ms apart still shared it
     assert sorted(r.entry_index for r in receipts) == [0, 1, 2]
 
