@@ -460,12 +460,12 @@ async def test_a_group_commit_stops_waiting_for_lookups_that_stopped_joining(
             for _ in range(6):
                 stuck.enter_context(log.under_way())
             started = time.monotonic()
-            receipts = await lookups_appending_after(log, [0.0, 0.05, 0.1])
+            receipts = await lookups_appending_after(log, [0.0, 0.02, 0.04])
             elapsed = time.monotonic() - started
     finally:
         await log.close()
     assert elapsed < 0.8  # a quarter (0.25 s) with none joining, not the whole 1 s window
-    assert log.batches_committed == 1  # the three that came 50 ms apart still shared it
+    assert log.batches_committed == 1  # the three that came 20 ms apart still shared it
     assert sorted(r.entry_index for r in receipts) == [0, 1, 2]
 
 
