@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from audit import store
-from audit.entry import QUERY_COLUMNS
+from audit.entry import QUERY_COLUMNS, query_text
 from audit.sequencer import signed_from_row
 from audit.tables import audit_entries, audit_query_index
 from audit.verify import LogVerifier, VerificationError, VerifyResult
@@ -46,7 +46,7 @@ def verify_database(engine: sa.Engine, public_key_raw: bytes) -> VerifyResult:
         except (ValueError, KeyError, TypeError):
             raise VerificationError(index, "the stored entry is not an entry object") from None
         for column in QUERY_COLUMNS:
-            if getattr(row, column) != entry.get(column):
+            if getattr(row, column) != _as_column(entry.get(column)):
                 raise VerificationError(
                     index,
                     f"column {column} holds {getattr(row, column)!r} but the entry says "
@@ -69,6 +69,10 @@ def verify_database(engine: sa.Engine, public_key_raw: bytes) -> VerifyResult:
         tree_size=verifier.checked_size,
         root=verifier.root,
     )
+
+
+def _as_column(value: object) -> object:
+    return query_text(value) if isinstance(value, str) else value
 
 
 def _check_query_index(engine: sa.Engine, indexed_size: int) -> None:

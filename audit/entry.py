@@ -154,12 +154,20 @@ def prepare(event: AuditEvent, keys: LogKeys, appended_at: str) -> PreparedEntry
             event.event.value,
             event.outcome.value,
             subject_ref,
-            event.requester_department,
-            event.issuer,
-            event.certificate_type,
-            event.purpose,
+            query_text(event.requester_department),
+            query_text(event.issuer),
+            query_text(event.certificate_type),
+            query_text(event.purpose),
         ),
     )
+
+
+def query_text(value: str) -> str:
+    """`value` as a query column holds it: PostgreSQL's text cannot hold NUL, so each one is
+    stored as U+FFFD. The entry itself keeps the value as it came: a refused lookup's
+    purpose, say, with a NUL in it, is recorded exactly and still found by its other columns.
+    """
+    return value.replace("\x00", "\ufffd")
 
 
 def _encode_members(

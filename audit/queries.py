@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from audit.entry import query_text
 from audit.tables import audit_entries, audit_query_index
 
 
@@ -94,7 +95,7 @@ def _conditions(table: sa.Table, query: EntryQuery) -> list[sa.ColumnElement[boo
     ):
         value = getattr(query, name)
         if value:
-            conditions.append(table.c[name] == value)
+            conditions.append(table.c[name] == query_text(value))
     if query.since:
         conditions.append(table.c.time >= query.since)
     if query.until:

@@ -7,7 +7,9 @@ the log's public key.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+from pathlib import Path
 
 import grpc
 import grpc.aio
@@ -25,8 +27,11 @@ from hub_world import (
     HubWorld,
     lookup_request,
     resident,
+    running_world,
 )
+from pki_fixture import TestPki
 
+from audit.database_check import verify_database
 from exchange.v1 import audit_pb2, common_pb2, lookup_pb2, registry_pb2
 
 
@@ -168,6 +173,40 @@ async def test_a_malformed_request_is_refused_naming_the_field(
     error = await refused(world, lookup_request(**overrides))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details().startswith(message)
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+async def test_a_nul_in_a_request_is_refused_and_recorded_without_failing_others(
+    tmp_path: Path, pki: TestPki, backend: str, request: pytest.FixtureRequest
+) -> None:
+    # PostgreSQL's text cannot hold NUL: the refusals' entries must still be stored, and
+    # the honest lookups committed in the same batches with them must not fail.
+    database = request.getfixturevalue("postgres_url") if backend == "postgresql" else None
+    async with running_world(tmp_path, pki, database) as world:
+        stub = world.lookup()
+        honest = [stub.Lookup(lookup_request()) for _ in range(20)]
+        bad = [
+            stub.Lookup(lookup_request(certificate_type="x\x00", purpose="birth\x00registration"))
+            for _ in range(20)
+        ]
+        results = await asyncio.gather(*honest, *bad, return_exceptions=True)
+
+        assert all(isinstance(r, lookup_pb2.LookupResponse) for r in results[:20])
+        for error in results[20:]:
+            assert isinstance(error, grpc.aio.AioRpcError)
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert error.details() == "certificate_type: contains control characters"
+        entries = await world.audit_entries(event="lookup", requester_department="MCA")
+        assert sorted(e.status for e in entries) == ["INVALID_ARGUMENT"] * 20 + ["OK"] * 20
+        refused = [e for e in entries if e.status == "INVALID_ARGUMENT"]
+        assert {(e.certificate_type, e.purpose) for e in refused} == {
+            ("x\x00", "birth\x00registration")
+        }
+        assert world.hub.engine is not None and world.hub.audit is not None
+        checked = verify_database(world.hub.engine, world.hub.audit.public_key_raw)
+        assert checked.entries >= 40
 
 
 @pytest.mark.parametrize(
