@@ -261,23 +261,32 @@ class AuditLog:
             while self._queue:
                 await self._let_others_join()
                 count = min(len(self._queue), self.config.max_batch)
-                batch = [self._queue.popleft() for _ in range(count)]
-                prepared = [item[0] for item in batch]
-                try:
-                    receipts = await self._commit_in_thread(
-                        loop, functools.partial(store.append_batch, prepared=prepared)
-                    )
-                except Exception as exc:
-                    failure = _as_failure(count, exc)
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(failure)
-                    continue
-                for (_, future), receipt in zip(batch, receipts, strict=True):
-                    if not future.done():
-                        future.set_result(receipt)
+                await self._commit_batch(loop, [self._queue.popleft() for _ in range(count)])
             if self._closing and not self._queue:
                 return
+
+    async def _commit_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Waiting]) -> None:
+        """Commit `batch` and resolve its appends with their receipts or the failure."""
+        try:
+            receipts = await self._commit_in_thread(
+                loop, functools.partial(store.append_batch, prepared=[item[0] for item in batch])
+            )
+        except Exception as exc:
+            if len(batch) > 1 and store.refused_value(self.engine, exc):
+                # The database refused a value of one entry (entry.query_text keeps out the
+                # one known: NUL on PostgreSQL). The others must not go unrecorded with it.
+                log.error("audit log: a batch was refused; committing its entries one by one")
+                for item in batch:
+                    await self._commit_batch(loop, [item])
+                return
+            failure = _as_failure(len(batch), exc)
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(failure)
+            return
+        for (_, future), receipt in zip(batch, receipts, strict=True):
+            if not future.done():
+                future.set_result(receipt)
 
     async def _commit_in_thread(
         self, loop: asyncio.AbstractEventLoop, write: _Write

@@ -199,6 +199,12 @@ def _append(
     return sealed
 
 
+def refused_value(engine: sa.Engine, exc: BaseException) -> bool:
+    """Whether `exc` is the database refusing a value it was given (a DataError): the
+    transaction was rolled back, and the same statements without that value would do."""
+    return isinstance(exc, engine.dialect.loaded_dbapi.DataError)
+
+
 def _take_append_lock(cursor: Any, dialect: sa.Dialect, wait: bool) -> None:
     if dialect.name == "sqlite":
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_LOCK_WAIT_S * 1000 if wait else 0}")

@@ -594,6 +594,40 @@ async def test_a_change_whose_commit_is_lost_is_reported_as_perhaps_made(
         engine.dispose()
 
 
+@pytest.mark.postgres
+async def test_an_entry_the_database_refuses_fails_alone_not_with_its_batch(
+    postgres_url: str, audit_config: AuditConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = make_engine(postgres_url)
+    upgrade(engine)
+    prepare = entry.prepare
+
+    def with_a_nul_in_one_column(event: AuditEvent, keys: LogKeys, at: str) -> Any:
+        prepared = prepare(event, keys, at)
+        if event.request_id == "req-10":  # what entry.query_text keeps out, let through
+            prepared.columns = (*prepared.columns[:-1], "birth\x00registration")
+        return prepared
+
+    monkeypatch.setattr(entry, "prepare", with_a_nul_in_one_column)
+    log = await started_log(engine, audit_config)
+    try:
+        results = await asyncio.gather(
+            *(log.append(lookup_event(i)) for i in range(30)), return_exceptions=True
+        )
+        await log.close()
+
+        refused = results.pop(10)
+        assert isinstance(refused, ExchangeError)
+        assert refused.status == grpc.StatusCode.UNAVAILABLE
+        assert refused.message == "audit log unavailable; the entry was not recorded"
+        receipts = [r for r in results if isinstance(r, lookup_pb2.Receipt)]
+        assert sorted(r.entry_index for r in receipts) == list(range(29))
+        assert [idx for idx, _ in stored_leaves(engine)] == list(range(29))
+    finally:
+        await log.close()
+        engine.dispose()
+
+
 async def test_changes_made_among_lookups_leave_one_gapless_log(
     audit_log: AuditLog, engine: sa.Engine
 ) -> None:
