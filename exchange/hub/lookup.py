@@ -38,7 +38,13 @@ from exchange.hub.policy import (
     request_id_of,
 )
 from exchange.hub.routing import Router
-from exchange.hub.verify import Expected, IntegrityError, payload_digest, verify_document
+from exchange.hub.verify import (
+    Expected,
+    IntegrityError,
+    payload_digest,
+    released_copy,
+    verify_document,
+)
 from exchange.identity import current_identity
 from exchange.quota import Quotas
 from exchange.registry.model import UNLIMITED
@@ -218,7 +224,7 @@ class LookupServicer(lookup_pb2_grpc.LookupServiceServicer):
             fields_released=released,
             document_digest=payload_digest(signed),
         )
-        return _Outcome(event=event, document=signed, request_id=checked.request_id)
+        return _Outcome(event=event, document=released_copy(signed), request_id=checked.request_id)
 
     async def _record(self, event: AuditEvent) -> lookup_pb2.Receipt:
         """The one place a lookup is audited: returns once the entry is durable."""

@@ -3,8 +3,8 @@
 The signature is checked over the exact payload bytes with the issuer's registered key, and
 only then is the payload parsed: nothing in an unverified payload is trusted. The parsed
 document must answer exactly this request (type, subject, issuer, request id), still be valid,
-and carry no field beyond those released. Any failure is an `IntegrityError` (DATA_LOSS): the
-document is withheld and the failure audited.
+and carry no field beyond those released, nor any this hub cannot read. Any failure is an
+`IntegrityError` (DATA_LOSS): the document is withheld and the failure audited.
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ from exchange.v1 import common_pb2
 
 # A document signed further in the future than this is refused: clocks disagree too much.
 CLOCK_SKEW = timedelta(minutes=5)
+
+# How much of a value a node chose an integrity error quotes.
+SHOWN_CHARACTERS = 64
 
 _SUBJECT_KINDS = {
     common_pb2.RESIDENT_ID: "RESIDENT_ID",
@@ -65,11 +68,11 @@ def verify_document(
     """The verified document inside `signed`; raises IntegrityError naming the first failure."""
     now = now or datetime.now(UTC)
     if signed.algorithm != ED25519:
-        raise IntegrityError(f"unsupported signature algorithm {signed.algorithm!r}")
+        raise IntegrityError(f"unsupported signature algorithm {_shown(signed.algorithm)}")
     key = snapshot.signing_key(expected.issuer, signed.key_id)
     if key is None:
         raise IntegrityError(
-            f"signing key {signed.key_id!r} is not registered for {expected.issuer!r}"
+            f"signing key {_shown(signed.key_id)} is not registered for {expected.issuer!r}"
         )
     if key.algorithm != ED25519:
         raise IntegrityError(f"signing key {key.key_id!r} is not an {ED25519} key")
@@ -86,6 +89,23 @@ def verify_document(
     return document
 
 
+def released_copy(signed: common_pb2.SignedDocument) -> common_pb2.SignedDocument:
+    """What the caller gets of a verified document: the signed payload, its signature and
+    their names, and nothing else the node may have put beside them (unknown fields)."""
+    return common_pb2.SignedDocument(
+        payload=signed.payload,
+        key_id=signed.key_id,
+        algorithm=signed.algorithm,
+        signature=signed.signature,
+    )
+
+
+def _shown(value: str) -> str:
+    """`value` quoted for a message, cut short: a node chooses it, and messages go into the
+    caller's trailers and the audit log."""
+    return repr(value) if len(value) <= SHOWN_CHARACTERS else f"{value[:SHOWN_CHARACTERS]!r}…"
+
+
 def _time(timestamp: Timestamp) -> datetime:
     try:
         return timestamp.ToDatetime(tzinfo=UTC)
@@ -99,6 +119,12 @@ def _parse(payload: bytes) -> common_pb2.Document:
         document.ParseFromString(payload)
     except DecodeError:
         raise IntegrityError("signed payload is not a Document") from None
+    # The payload goes to the caller as it is, so nothing in it may escape the checks below:
+    # fields this hub does not know (hidden data, or a node on a newer schema) are refused.
+    size = document.ByteSize()
+    document.DiscardUnknownFields()
+    if document.ByteSize() != size:
+        raise IntegrityError("signed payload carries fields a Document does not have")
     return document
 
 
@@ -120,12 +146,15 @@ def _check_signing_time(document: common_pb2.Document, key: SigningKey, now: dat
 def _check_binding(document: common_pb2.Document, expected: Expected) -> None:
     if document.certificate_type != expected.certificate_type:
         raise IntegrityError(
-            f"document is a {document.certificate_type!r}, not a {expected.certificate_type!r}"
+            f"document is a {_shown(document.certificate_type)}, "
+            f"not a {expected.certificate_type!r}"
         )
     kind = _SUBJECT_KINDS.get(document.subject.kind, "")
     if kind != expected.subject.kind or document.subject.id.upper() != expected.subject.id:
         raise IntegrityError("document is about another subject")
     if document.issuer != expected.issuer:
-        raise IntegrityError(f"document issuer {document.issuer!r} is not {expected.issuer!r}")
+        raise IntegrityError(
+            f"document issuer {_shown(document.issuer)} is not {expected.issuer!r}"
+        )
     if document.request_id != expected.request_id:
         raise IntegrityError("document answers another request")

@@ -78,15 +78,33 @@ class RogueAdapter(adapter_pb2_grpc.AdapterServiceServicer):  # type: ignore[mis
         payload = document.SerializeToString()
         if trick == "not-a-document":
             payload = b"\xff\xff\xff"
+        elif trick == "hidden-field":
+            payload += _unknown_field(15, "ethnicity=汉")
+        elif trick == "hidden-in-subject":
+            payload += b"\x1a" + _length_delimited(_unknown_field(9, "ethnicity=汉"))
         signature = key.sign(payload)
         if trick == "tampered":
             document.fields["name"] = "王芳"
             payload = document.SerializeToString()
-        return adapter_pb2.FetchResponse(
-            document=common_pb2.SignedDocument(
-                payload=payload, key_id=key_id, algorithm="Ed25519", signature=signature
-            )
+        signed = common_pb2.SignedDocument(
+            payload=payload,
+            key_id=key_id,
+            algorithm="x" * 200_000 if trick == "huge-algorithm" else "Ed25519",
+            signature=signature,
         )
+        if trick == "unsigned-beside":
+            signed.MergeFromString(_unknown_field(9, "ethnicity=汉"))
+        return adapter_pb2.FetchResponse(document=signed)
+
+
+def _unknown_field(number: int, text: str) -> bytes:
+    """A length-delimited field `number` holding `text`, which the message does not define."""
+    return bytes([number << 3 | 2]) + _length_delimited(text.encode())
+
+
+def _length_delimited(data: bytes) -> bytes:
+    assert len(data) < 128
+    return bytes([len(data)]) + data
 
 
 def _raw(key: Ed25519PrivateKey) -> bytes:
@@ -137,6 +155,9 @@ async def test_the_rogue_node_played_straight_is_believed(
         ("expired", "document validity has ended"),
         ("backdated", "document was not signed for this request just now"),
         ("absurd-time", "document has an invalid timestamp"),
+        ("hidden-field", "signed payload carries fields a Document does not have"),
+        ("hidden-in-subject", "signed payload carries fields a Document does not have"),
+        ("huge-algorithm", "unsupported signature algorithm 'xxxxxxxx"),
     ],
 )
 async def test_a_document_the_issuer_did_not_sign_for_this_request_is_withheld(
@@ -151,12 +172,25 @@ async def test_a_document_the_issuer_did_not_sign_for_this_request_is_withheld(
     assert error.code() == grpc.StatusCode.DATA_LOSS
     assert message in error.details()
     assert "张伟" not in error.details() and "王芳" not in error.details()
+    assert len(error.details()) < 200
     entry = await world.last_entry(event="lookup")
     assert entry.outcome == audit_pb2.FAILED
     assert entry.status == "DATA_LOSS"
     assert entry.reason == f"integrity: {error.details()}"
     assert entry.fields_released == []
     assert entry.document_digest == ""
+
+
+async def test_nothing_a_node_puts_beside_the_signed_document_reaches_the_caller(
+    world: HubWorld, rogue: RogueAdapter
+) -> None:
+    rogue.trick = "unsigned-beside"
+
+    response = await world.lookup().Lookup(lookup_request())
+
+    assert "汉".encode() not in response.SerializeToString()
+    document = common_pb2.Document.FromString(response.document.payload)
+    assert dict(document.fields) == {"name": "张伟", "birth_date": "1990-05-17"}
 
 
 async def test_a_signing_key_outside_its_window_does_not_verify(
