@@ -83,6 +83,21 @@ async def test_undecodable_requests_are_invalid_not_internal(
     assert entries[-1].outcome == audit_pb2.REFUSED
 
 
+async def test_a_message_over_grpcs_limit_is_refused_by_grpc_and_the_hub_serves_on(
+    world: HubWorld,
+) -> None:
+    # gRPC refuses it from its length prefix, before the hub (and its audit) could see it.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await raw_lookup(world)(
+            lookup_request(matter_id="m" * (5 * 1024 * 1024)).SerializeToString()
+        )
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "larger than max" in (caught.value.details() or "")
+
+    response = await world.lookup().Lookup(lookup_request())
+    assert response.receipt.entry_index == (await world.last_entry(event="lookup")).index
+
+
 @pytest.mark.parametrize(
     "overrides",
     [
