@@ -15,6 +15,11 @@ expired producer id) can leave kafka-python's producer in a fatal state.
 
 What stays at-least-once: if the process dies after the broker acknowledged a batch and
 before the offset was written, the next relay sends that batch again.
+
+An entry whose leaf cannot be made into a message (edited by hand: no JSON, or naming
+another index) is logged as an error and skipped, as `kafka_outbox.contiguous` skips
+entries deleted by hand: the relay moves its offset past it and publishes the entries after
+it. Its index is missing from the topic, and the log's verification names the entry.
 """
 
 from __future__ import annotations
@@ -50,6 +55,12 @@ class RelayStatus:
     leader: bool  # this relay holds the lock and publishes
     published: int  # entries this relay had acknowledged since start()
     last_error: str  # why the last round failed; "" after a successful one
+    skipped: int = 0  # entries passed over since start(): their leaf cannot be published
+
+
+# What encode() raises for a leaf it cannot make into a message (no JSON or not an entry
+# object, another index, a field of the wrong type or out of range, absurd nesting).
+_UNPUBLISHABLE = (ValueError, TypeError, OverflowError, RecursionError)
 
 
 class RelayFailed(Exception):
@@ -119,7 +130,10 @@ class KafkaRelay:
         self._leadership = Leadership(engine)
         self._producer: KafkaProducer | None = None
         self._offset: int | None = None  # cached while leading; re-read after any failure
-        self._acked: set[int] = set()  # acknowledged at or beyond the offset
+        # At or beyond the offset: acknowledged by the broker, or skipped as unpublishable
+        # (those are also in _skipped); both are done, neither is sent again.
+        self._settled: set[int] = set()
+        self._skipped: set[int] = set()
         self._failures = 0
         self._stopping = threading.Event()
         self._wake = threading.Event()
@@ -180,9 +194,10 @@ class KafkaRelay:
                 return self._lock_retry_s
             if self._offset is None:
                 self._offset = kafka_outbox.start_offset(self._engine, self._relay)
-                # Acknowledged records past the offset are still acknowledged; resending
-                # them would write them twice.
-                self._acked = {index for index in self._acked if index >= self._offset}
+                # Acknowledged records past the offset are still acknowledged (resending
+                # them would write them twice), and skipped entries are still unpublishable.
+                self._settled = {index for index in self._settled if index >= self._offset}
+                self._skipped = {index for index in self._skipped if index >= self._offset}
             start = self._offset
             rows = kafka_outbox.contiguous(
                 kafka_outbox.unpublished(self._engine, start, self._batch_size), start
@@ -202,9 +217,13 @@ class KafkaRelay:
         futures: dict[int, Any] = {}
         send_error: Exception | None = None
         for row in rows:
-            if row.index in self._acked:
+            if row.index in self._settled:
                 continue
-            key, value = encode(row.index, row.leaf)
+            try:
+                key, value = encode(row.index, row.leaf)
+            except _UNPUBLISHABLE as exc:
+                self._skip(row.index, exc)
+                continue
             try:
                 futures[row.index] = producer.send(self.topic, key=key, value=value)
             except Exception as exc:  # metadata unavailable, producer closed or fatal
@@ -212,11 +231,24 @@ class KafkaRelay:
                 break
         self._await_acks(producer)
         failures = [f.exception for f in futures.values() if not f.succeeded()]
-        self._acked.update(index for index, f in futures.items() if f.succeeded())
+        self._settled.update(index for index, f in futures.items() if f.succeeded())
         self._record_progress(start, rows)
         if send_error is not None or failures:
             cause = send_error or failures[0]
             raise RelayFailed(f"{len(failures)} of {len(futures)} sends failed: {cause!r}")
+
+    def _skip(self, index: int, exc: Exception) -> None:
+        """Pass over an entry that cannot be published, as `contiguous` passes over a gap."""
+        log.error(
+            "kafka relay to %s: skipping audit entry %d, its leaf cannot be published"
+            " (edited by hand? the log's verification names it): %s: %s",
+            self.topic,
+            index,
+            type(exc).__name__,
+            exc,
+        )
+        self._settled.add(index)
+        self._skipped.add(index)
 
     def _await_acks(self, producer: KafkaProducer) -> None:
         """Wait for every record sent to be acknowledged or failed (delivery_timeout_ms bounds
@@ -234,21 +266,30 @@ class KafkaRelay:
                         return
 
     def _record_progress(self, start: int, rows: list[OutboxRow]) -> None:
-        """Move the offset past the acknowledged rows that follow it without a gap."""
+        """Move the offset past the settled rows that follow it without a gap."""
         new = start
         for row in rows:
-            if row.index not in self._acked:
+            if row.index not in self._settled:
                 break
             new = row.index + 1
         if new == start:
             return
         if not kafka_outbox.advance(self._engine, self._relay, start, new):
             self._offset = None
-            self._acked.clear()
+            self._settled.clear()
+            self._skipped.clear()
             raise RelayFailed(f"relay offset of {self._relay} was moved by someone else")
         self._offset = new
-        self._acked = {index for index in self._acked if index >= new}
-        self._update(next_index=new, published=self._status.published + (new - start))
+        self._settled = {index for index in self._settled if index >= new}
+        skipped = 0
+        if self._skipped:
+            skipped = sum(1 for index in self._skipped if index < new)
+            self._skipped = {index for index in self._skipped if index >= new}
+        self._update(
+            next_index=new,
+            published=self._status.published + (new - start - skipped),
+            skipped=self._status.skipped + skipped,
+        )
 
     def _connect(self) -> KafkaProducer:
         self._producer = KafkaProducer(**self._settings)

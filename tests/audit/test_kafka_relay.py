@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from kafka import KafkaConsumer, TopicPartition
 from kafka_fixture import KafkaBroker
 
@@ -25,6 +27,7 @@ from audit.events import AuditEvent, EventKind, Outcome, SubjectId
 from audit.kafka_outbox import published_offset
 from audit.kafka_relay import KafkaRelay
 from audit.log import AuditLog
+from audit.tables import audit_entries
 from exchange.db import make_engine, upgrade
 from exchange.v1 import audit_pb2
 
@@ -257,3 +260,36 @@ async def test_relay_started_before_the_broker_catches_up(
         assert_published_once(records, entries)
     finally:
         await relay.stop()
+
+
+async def test_entry_whose_leaf_cannot_be_encoded_is_skipped(
+    audit_log: AuditLog, kafka_broker: KafkaBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Leaves edited by hand (the log's verification names them): 12 is no JSON any more, in
+    # the middle of a batch; 29, the last entry, is a copy of 28's leaf and so names index 28.
+    # Neither can be published under its key; the relay logs them and moves on.
+    entries = await append_burst(audit_log, 30)
+    with audit_log.engine.begin() as conn:
+        leaf_28 = conn.execute(sa.select(audit_entries.c.leaf).where(audit_entries.c.idx == 28))
+        copied = bytes(leaf_28.scalar_one())
+        for index, leaf in ((12, b"garbage"), (29, copied)):
+            conn.execute(
+                audit_entries.update().where(audit_entries.c.idx == index).values(leaf=leaf)
+            )
+    del entries[12], entries[29]
+    relay = relay_for(audit_log, kafka_broker, batch_size=10)
+    with caplog.at_level(logging.ERROR, logger="audit.kafka_relay"):
+        await relay.start()
+        try:
+            await wait_until(lambda: relay.status.next_index == 30, "the relay to pass 12 and 29")
+            entries |= await append_burst(audit_log, 10)  # and it goes on publishing after them
+            await wait_until(lambda: relay.status.next_index == 40, "the entries after them")
+        finally:
+            await relay.stop()
+    records = await asyncio.to_thread(read_topic, kafka_broker.bootstrap)
+    assert_published_once(records, entries)
+    assert published_offset(audit_log.engine, TOPIC) == 40
+    assert (relay.status.published, relay.status.skipped) == (38, 2)
+    logged = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("entry 12" in message for message in logged), logged
+    assert any("entry 29" in message and "index 28" in message for message in logged), logged
