@@ -9,7 +9,12 @@ Failures raise VerificationError naming the first bad index.
 Speed matters (an export has millions of lines): an entry line written in the export's own
 layout is checked without parsing the JSON — its "entry" value is exactly the leaf bytes,
 so hashing that slice hashes what any reader sees. A line in any other layout (re-written
-by another tool) is parsed and re-canonicalised instead.
+by another tool) is parsed and re-canonicalised instead, and only if every reader must read
+it the same way: its keys are exactly those of one line kind audit/export.py writes (a
+checkpoint line carrying an entry as well would be one entry to a line-by-line reader and
+none to a verifier reading only its checkpoint), no object repeats a key (json keeps the
+last value, other readers the first), and every number reads back as written, so the
+entry's canonical JSON that is hashed is exactly the content any reader sees.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from audit import merkle
 from audit.entry import canonical_json
@@ -31,6 +37,13 @@ _PREFIX = b'{"index":'
 _HASH_KEY = b',"leaf_hash":"'
 _ENTRY_KEY = b'","entry":'
 _INNER_INDEX = b',"index":'
+
+# The key sets of the three line kinds audit/export.py writes, and of their inner objects.
+_ENTRY_LINE = frozenset({"index", "leaf_hash", "entry"})
+_CHECKPOINT_LINE = frozenset({"checkpoint"})
+_FRONTIER_LINE = frozenset({"frontier"})
+_CHECKPOINT_FIELDS = frozenset({"checkpoint", "key_id", "algorithm", "signature"})
+_FRONTIER_FIELDS = frozenset({"tree_size", "hashes"})
 
 
 class VerificationError(Exception):
@@ -193,7 +206,9 @@ def _verify_lines(verifier: LogVerifier, lines: Iterator[bytes]) -> None:
                 continue
         fast = _entry_fields(line) if line.startswith(_PREFIX) else None
         if fast is not None:
-            verifier.entry(*fast)  # raises: the fast path above refused this line
+            # Raises, unless the line only lacks its "\n" or ends in "\r\n": the fast path
+            # above refused it.
+            verifier.entry(*fast)
         else:
             _slow_line(verifier, line, number)
             # A frontier line replaces the verifier's frontier: entries after it must extend
@@ -213,6 +228,8 @@ def _entry_fields(line: bytes) -> tuple[int, bytes, bytes, int] | None:
         recorded = bytes.fromhex(line[at + 14 : at + 78].decode())
     except ValueError:
         return None
+    if b"%d" % index != line[9:at]:  # int() also reads " 5", "+5" and "5_0"
+        return None
     leaf = line[at + 88 : -1]
     inner_at = leaf.find(_INNER_INDEX)
     inner_end = leaf.find(b",", inner_at + 9)
@@ -226,36 +243,144 @@ def _entry_fields(line: bytes) -> tuple[int, bytes, bytes, int] | None:
 
 
 def _slow_line(verifier: LogVerifier, line: bytes, number: int) -> None:
-    if not line.strip():
+    if not line.strip(b" \t\r\n"):
         return
     position = verifier.frontier.size
     try:
-        record = json.loads(line)
-        if "checkpoint" in record:
-            fields = record["checkpoint"]
+        record = _STRICT_JSON.decode(line.decode())
+        keys = frozenset(record) if isinstance(record, dict) else None
+        if keys == _CHECKPOINT_LINE:
+            fields = _fields(record["checkpoint"], _CHECKPOINT_FIELDS, '"checkpoint"')
             verifier.checkpoint(
                 audit_pb2.SignedCheckpoint(
-                    checkpoint=base64.b64decode(fields["checkpoint"], validate=True),
-                    key_id=fields["key_id"],
-                    algorithm=fields["algorithm"],
-                    signature=base64.b64decode(fields["signature"], validate=True),
+                    checkpoint=_base64(fields["checkpoint"], "the signed checkpoint"),
+                    key_id=_text(fields["key_id"], '"key_id"'),
+                    algorithm=_text(fields["algorithm"], '"algorithm"'),
+                    signature=_base64(fields["signature"], "the signature"),
                 )
             )
-        elif "frontier" in record:
-            fields = record["frontier"]
-            hashes = [bytes.fromhex(digest) for digest in fields["hashes"]]
-            verifier.start_at(int(fields["tree_size"]), hashes)
-        else:
+        elif keys == _FRONTIER_LINE:
+            fields = _fields(record["frontier"], _FRONTIER_FIELDS, '"frontier"')
+            hashes = fields["hashes"]
+            if not isinstance(hashes, list):
+                raise _LayoutError('the frontier\'s "hashes" is not a list')
+            verifier.start_at(
+                _integer(fields["tree_size"], '"tree_size"'),
+                [_digest(digest, "a frontier hash") for digest in hashes],
+            )
+        elif keys == _ENTRY_LINE:
             entry = record["entry"]
+            if not isinstance(entry, dict):
+                raise _LayoutError('"entry" is not an object')
             verifier.entry(
-                int(record["index"]),
+                _integer(record["index"], '"index"'),
                 canonical_json(entry),
-                bytes.fromhex(record["leaf_hash"]),
-                int(entry["index"]),
+                _digest(record["leaf_hash"], '"leaf_hash"'),
+                _integer(entry.get("index"), 'the entry\'s "index"'),
+            )
+        else:
+            if keys is None:
+                raise _LayoutError("it is not a JSON object")
+            raise _LayoutError(
+                f"it has {', '.join(sorted(keys)) or 'no keys'}, not exactly the keys of an "
+                "entry line (entry, index, leaf_hash), a checkpoint line (checkpoint) or a "
+                "frontier line (frontier)"
             )
     except VerificationError:
         raise
+    except _LayoutError as exc:
+        raise VerificationError(
+            position, f"line {number} is not a valid export line: {exc}"
+        ) from None
     except (ValueError, KeyError, TypeError) as exc:
         raise VerificationError(
             position, f"line {number} is not a valid export line ({exc.__class__.__name__})"
         ) from None
+
+
+class _LayoutError(ValueError):
+    """A line that is valid JSON but not exactly a line audit/export.py writes."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    record = dict(pairs)
+    if len(record) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _LayoutError(f"it gives the key {key!r} twice")
+            seen.add(key)
+    return record
+
+
+def _exact_int(text: str) -> int:
+    value = int(text)
+    if str(value) != text:  # "-0"
+        raise _LayoutError(f"the number {text} does not read back as written")
+    return value
+
+
+def _exact_float(text: str) -> float:
+    # A number that does not survive the round trip (0.10000000000000000001, 1e999) is
+    # one value to this verifier and another to a reader with more precision.
+    value = float(text)
+    if repr(value) != text:
+        raise _LayoutError(f"the number {text} does not read back as written")
+    return value
+
+
+def _no_constant(text: str) -> object:
+    raise _LayoutError(f"{text} is not JSON")
+
+
+_STRICT_JSON = json.JSONDecoder(
+    object_pairs_hook=_unique_keys,
+    parse_int=_exact_int,
+    parse_float=_exact_float,
+    parse_constant=_no_constant,
+)
+
+
+def _fields(value: object, keys: frozenset[str], name: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _LayoutError(f"{name} is not an object")
+    if value.keys() != keys:
+        raise _LayoutError(
+            f"{name} has {', '.join(sorted(value)) or 'no keys'}, "
+            f"not exactly {', '.join(sorted(keys))}"
+        )
+    return value
+
+
+def _integer(value: object, name: str) -> int:
+    if type(value) is not int:  # not a bool, a float or a string of digits
+        raise _LayoutError(f"{name} is not an integer")
+    return value
+
+
+def _text(value: object, name: str) -> str:
+    if not isinstance(value, str):
+        raise _LayoutError(f"{name} is not a string")
+    return value
+
+
+def _digest(value: object, name: str) -> bytes:
+    text = _text(value, name)
+    try:
+        digest = bytes.fromhex(text)
+    except ValueError:
+        digest = b""
+    if len(text) != 64 or len(digest) != 32:  # fromhex() skips white space
+        raise _LayoutError(f"{name} is not a SHA-256 digest in 64 hex digits")
+    return digest
+
+
+def _base64(value: object, name: str) -> bytes:
+    text = _text(value, name)
+    try:
+        decoded = base64.b64decode(text, validate=True)
+    except ValueError:
+        decoded = None
+    if decoded is None or base64.b64encode(decoded).decode() != text:
+        raise _LayoutError(f"{name} is not canonical base64")
+    return decoded

@@ -281,6 +281,64 @@ async def test_truncated_export_fails(export: Path, audit_config: AuditConfig) -
     assert failure.index == 60 and "not covered" in failure.problem
 
 
+@pytest.mark.parametrize("after", [30, -1], ids=["first-checkpoint", "final-checkpoint"])
+async def test_export_with_an_entry_added_to_a_checkpoint_line_fails(
+    export: Path, audit_config: AuditConfig, after: int
+) -> None:
+    content = lines(export)
+    # A copy of a real checkpoint line that also carries a forged entry: a verifier reading
+    # only its checkpoint would pass it, while a line-by-line reader sees one entry more.
+    smuggled = json.loads(content[after])
+    forged = json.loads(content[entry_line_number(export, 29)])["entry"]
+    forged["requester_department"] = "ATTACKER"
+    leaf = json.dumps(forged, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    smuggled.update(index=29, leaf_hash=rfc6962.leaf(leaf.encode()).hex(), entry=forged)
+    position = len(content) if after == -1 else after + 1
+    content.insert(position, json.dumps(smuggled, sort_keys=True).encode() + b"\n")
+    rewrite(export, content)
+    failure = failure_in_export(export, audit_config)
+    assert failure.index == (ENTRIES if after == -1 else 30)
+    assert f"line {position + 1}" in failure.problem and "leaf_hash" in failure.problem
+
+
+@pytest.mark.parametrize(
+    ("key", "original", "repeated"),
+    [
+        ("caller", b'"entry": {"caller": ', b'"entry": {"caller": "FORGED", "caller": '),
+        ("index", b'{"index": 57, ', b'{"index": 3, "index": 57, '),
+    ],
+    ids=["inside-entry", "top-level"],
+)
+async def test_export_entry_line_with_a_repeated_key_fails(
+    export: Path, audit_config: AuditConfig, key: str, original: bytes, repeated: bytes
+) -> None:
+    # Python's json keeps a repeated key's last value, other readers its first: the line
+    # must be refused, not read the one way that matches the leaf hash.
+    content = lines(export)
+    number = entry_line_number(export, 57)
+    line = json.dumps(json.loads(content[number])).encode() + b"\n"  # another tool's layout
+    assert original in line
+    content[number] = line.replace(original, repeated, 1)
+    rewrite(export, content)
+    failure = failure_in_export(export, audit_config)
+    assert failure.index == 57 and f"line {number + 1}" in failure.problem
+    assert f"{key!r} twice" in failure.problem
+
+
+async def test_export_entry_line_with_an_extra_key_fails(
+    export: Path, audit_config: AuditConfig
+) -> None:
+    content = lines(export)
+    number = entry_line_number(export, 57)
+    record = json.loads(content[number])
+    record["note"] = "approved by the data protection officer"
+    content[number] = json.dumps(record).encode() + b"\n"
+    rewrite(export, content)
+    failure = failure_in_export(export, audit_config)
+    assert failure.index == 57 and f"line {number + 1}" in failure.problem
+    assert "note" in failure.problem
+
+
 async def test_export_rewritten_by_another_json_tool_still_verifies(
     export: Path, audit_config: AuditConfig
 ) -> None:
