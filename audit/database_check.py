@@ -3,40 +3,49 @@
 Everything verify_export() checks, plus what only the tables can get wrong: the query
 columns copied next to each leaf (in audit_entries and audit_query_index) must agree with the
 leaf, or queries would find the wrong entries; stored checkpoints beyond the last entry
-mean entries were deleted from the end.
+mean entries were deleted from the end; and audit_tree_nodes must hold exactly the complete
+subtrees of the verified entries, since proofs, on-demand checkpoints and a restarted
+sequencer take their hashes from it instead of from the leaves.
+
+Entries, checkpoints and tree nodes are all read a chunk at a time, so memory stays bounded
+however long the log.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import sqlalchemy as sa
 
-from audit import store
+from audit import merkle, store
 from audit.entry import QUERY_COLUMNS, query_text
 from audit.sequencer import signed_from_row
-from audit.tables import audit_entries, audit_query_index
+from audit.tables import audit_entries, audit_query_index, audit_tree_nodes
+from audit.tree import TILE, TILE_LEVEL
 from audit.verify import LogVerifier, VerificationError, VerifyResult
 from exchange.v1 import audit_pb2
+
+# Computed tree nodes looked up per query (also whenever a checkpoint verifies).
+NODE_BATCH = 1000
 
 
 def verify_database(engine: sa.Engine, public_key_raw: bytes) -> VerifyResult:
     """Verify the stored log itself: every entry as verify_export() does, its query columns
     (in audit_entries and audit_query_index) against the entry, every stored checkpoint
-    against the entries below it.
+    against the entries below it, and every stored tree node against those entries.
 
     Entries beyond the latest checkpoint are checked one by one (they are not signed yet).
     """
     verifier = LogVerifier(public_key_raw)
     with engine.connect() as conn:
-        checkpoints = [signed_from_row(row) for row in store.checkpoints_between(conn, -1, 2**62)]
-    sizes = [audit_pb2.Checkpoint.FromString(c.checkpoint).tree_size for c in checkpoints]
-    pending = list(zip(sizes, checkpoints, strict=True))
-    pending.reverse()  # pop() from the end gives the smallest size
-    while pending and pending[-1][0] == 0:
-        verifier.checkpoint(pending.pop()[1])
+        signed_size = store.signed_size(conn)
+    # Only checkpoints already there: all their entries are stored, so a sequencer round
+    # committing during the check cannot look like entries deleted from the end.
+    checkpoints = _Checkpoints(engine, signed_size)
+    nodes = _TreeNodes(engine, signed_size)
+    checkpoints.verify_due(verifier, nodes)
     for row in _stored_rows(engine):
         index = int(row.idx)
         leaf = bytes(row.leaf)
@@ -52,23 +61,152 @@ def verify_database(engine: sa.Engine, public_key_raw: bytes) -> VerifyResult:
                     f"column {column} holds {getattr(row, column)!r} but the entry says "
                     f"{entry.get(column)!r} (edited in the table)",
                 )
-        verifier.entry(index, leaf, bytes(row.leaf_hash), inner_index)
-        while pending and pending[-1][0] == verifier.frontier.size:
-            verifier.checkpoint(pending.pop()[1])
-    if pending:
-        size = pending[-1][0]
+        frontier = verifier.frontier
+        # The entry completing a tile: the frontier's last TILE_LEVEL hashes are then the
+        # subtrees of 128, 64, …, 1 leaves that it merges with (one per set bit, smallest last).
+        tail = frontier.hashes[-TILE_LEVEL:] if frontier.size % TILE == TILE - 1 else None
+        leaf_hash = bytes(row.leaf_hash)
+        verifier.entry(index, leaf, leaf_hash, inner_index)
+        if tail is not None:
+            nodes.tile_completed(tail, leaf_hash)
+        checkpoints.verify_due(verifier, nodes)
+    if checkpoints.following is not None:
+        size = checkpoints.following[0]
         raise VerificationError(
             verifier.frontier.size,
             f"a checkpoint covers {size} entries but the log ends at entry "
             f"{verifier.frontier.size - 1}: entries were deleted",
         )
     _check_query_index(engine, verifier.checked_size)
+    nodes.finish(verifier.checked_size)
     return VerifyResult(
         entries=verifier.entries,
         first_index=0,
         tree_size=verifier.checked_size,
         root=verifier.root,
     )
+
+
+class _Checkpoints:
+    """The stored checkpoints up to `signed_size`, smallest first, read in chunks."""
+
+    def __init__(self, engine: sa.Engine, signed_size: int) -> None:
+        self.rows = store.iter_checkpoints(engine, -1, signed_size)
+        self.following = self._next()  # (the tree size it signs, the checkpoint)
+
+    def _next(self) -> tuple[int, audit_pb2.SignedCheckpoint] | None:
+        row = next(self.rows, None)
+        if row is None:
+            return None
+        signed = signed_from_row(row)
+        return audit_pb2.Checkpoint.FromString(signed.checkpoint).tree_size, signed
+
+    def verify_due(self, verifier: LogVerifier, nodes: _TreeNodes) -> None:
+        """Verify the checkpoints of the tree the verifier holds now, then the tree nodes
+        they cover."""
+        while self.following is not None and self.following[0] == verifier.frontier.size:
+            verifier.checkpoint(self.following[1])
+            nodes.covered(verifier.checked_size)
+            self.following = self._next()
+
+
+class _TreeNodes:
+    """Compares audit_tree_nodes with the complete subtrees of TILE leaves or more that the
+    verified leaf hashes make, as the sequencer stored them: a node is looked up once a tile
+    completes it, and a bad one reported once a verified checkpoint covers its leaves (before
+    that, a forged leaf hash would be blamed on the node instead of localised by checkpoints).
+    """
+
+    def __init__(self, engine: sa.Engine, signed_size: int) -> None:
+        self.engine = engine
+        self.signed_size = signed_size  # the sequencer stored every complete subtree below it
+        self.tiles = merkle.Frontier()  # over tile hashes: its level l is tree level TILE_LEVEL + l
+        self.waiting: list[tuple[int, int, bytes]] = []  # (level, position, hash) to look up
+        self.bad: tuple[int, int, bool] | None = None  # the first wrong: level, position, missing
+
+    def tile_completed(self, tail: list[bytes], last_leaf: bytes) -> None:
+        """A tile ends with `last_leaf`; `tail` is the frontier just before it (see above)."""
+        digest = last_leaf
+        for left in reversed(tail):
+            digest = merkle.node_hash(left, digest)
+        completed = [(TILE_LEVEL, self.tiles.size, digest)]
+        completed.extend(
+            (TILE_LEVEL + level, position, node)
+            for level, position, node in self.tiles.append_completing(digest, 1)
+        )
+        self.waiting.extend(
+            node for node in completed if (node[1] + 1) << node[0] <= self.signed_size
+        )
+        if len(self.waiting) >= NODE_BATCH:
+            self._look_up()
+
+    def covered(self, checked_size: int) -> None:
+        """A checkpoint of `checked_size` verified: report a bad node below it."""
+        self._look_up()
+        if self.bad is not None and (self.bad[1] + 1) << self.bad[0] <= checked_size:
+            self._fail(*self.bad)
+
+    def finish(self, checked_size: int) -> None:
+        """Every entry was read: report a bad node, or one the sequencer never stores."""
+        self._look_up()
+        if self.bad is not None:
+            self._fail(*self.bad)
+        nodes = audit_tree_nodes.c
+        expected = [
+            sa.and_(
+                nodes.level == level, nodes.position >= 0, nodes.position < checked_size >> level
+            )
+            for level in range(TILE_LEVEL, checked_size.bit_length())
+        ]
+        with self.engine.connect() as conn:
+            stray = conn.execute(
+                sa.select(nodes.level, nodes.position)
+                .where(sa.not_(sa.or_(sa.false(), *expected)))
+                .order_by(nodes.level, nodes.position)
+                .limit(1)
+            ).first()
+        if stray is not None:
+            level, position = int(stray.level), int(stray.position)
+            reason = (
+                f"beyond the {checked_size} entries verified checkpoints cover (inserted, or "
+                "the checkpoint covering it deleted)"
+                if level >= TILE_LEVEL and position >= 0
+                else "a node the sequencer never stores (inserted)"
+            )
+            raise VerificationError(
+                None, f"audit_tree_nodes has {_node_name(level, position)}: {reason}"
+            )
+
+    def _look_up(self) -> None:
+        if not self.waiting:
+            return
+        keys = [(level, position) for level, position, _ in self.waiting]
+        with self.engine.connect() as conn:
+            stored = store.tree_nodes(conn, keys)
+        for level, position, digest in self.waiting:
+            found = stored.get((level, position))
+            if found != digest and self.bad is None:
+                self.bad = (level, position, found is None)
+        self.waiting.clear()
+
+    @staticmethod
+    def _fail(level: int, position: int, missing: bool) -> NoReturn:
+        name = _node_name(level, position)
+        raise VerificationError(
+            None,
+            f"audit_tree_nodes: {name} is missing (deleted): proofs that need it fail"
+            if missing
+            else f"audit_tree_nodes: {name} differs from the hash of those entries (edited): "
+            "proofs and checkpoints computed from it are wrong",
+        )
+
+
+def _node_name(level: int, position: int) -> str:
+    if 0 <= level < 64 and position >= 0:
+        first = position << level
+        last = first + (1 << level) - 1
+        return f"the node (level {level}, position {position}) for entries {first}..{last}"
+    return f"the node (level {level}, position {position})"
 
 
 def _as_column(value: object) -> object:

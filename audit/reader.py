@@ -94,19 +94,20 @@ class LogReader:
             if from_index > end:
                 raise invalid_argument(f"from_index: {from_index} is beyond to_index {end}")
             frontier = tree.frontier_at(conn, from_index) if from_index else None
-            checkpoints = {
-                int(row.tree_size): signed_from_row(row)
-                for row in store.checkpoints_between(conn, from_index, end - 1)
-            }
         final = self.sequencer.checkpoint_at(end)
         if frontier is not None:
             yield [FrontierRecord(frontier.size, tuple(frontier.hashes))]
+        # Checkpoints, like entries, are read a chunk at a time as the export reaches them:
+        # one every few seconds for years is millions.
+        checkpoints = store.iter_checkpoints(self.engine, from_index, end - 1)
+        following = next(checkpoints, None)
         chunk: list[ExportRecord] = []
         for index, leaf, digest in store.iter_entries(self.engine, from_index, end):
             chunk.append(EntryRecord(index, leaf, digest))
-            signed = checkpoints.get(index + 1)
-            if signed is not None:
-                chunk.append(signed)
+            while following is not None and int(following.tree_size) <= index + 1:
+                if int(following.tree_size) == index + 1:
+                    chunk.append(signed_from_row(following))
+                following = next(checkpoints, None)
             if len(chunk) >= EXPORT_CHUNK:
                 yield chunk
                 chunk = []

@@ -34,6 +34,9 @@ APPEND_LOCK = 0x0A0D17_01
 SEQUENCER_LOCK = 0x0A0D17_02
 SCHEMA = sa.func.hashtext(sa.func.current_schema())
 
+# Checkpoints read per query by iter_checkpoints().
+CHECKPOINT_CHUNK = 1000
+
 # SQLite: how long checkpoint_wal() waits for readers and appends to let it start the WAL over.
 WAL_RESTART_WAIT_MS = 5
 
@@ -351,15 +354,27 @@ def checkpoint_at(conn: sa.Connection, tree_size: int) -> sa.Row[Any] | None:
     ).first()
 
 
-def checkpoints_between(conn: sa.Connection, low: int, high: int) -> list[sa.Row[Any]]:
-    """Stored checkpoints with low < tree_size <= high, smallest first."""
-    return list(
-        conn.execute(
-            sa.select(audit_checkpoints)
-            .where(audit_checkpoints.c.tree_size > low, audit_checkpoints.c.tree_size <= high)
-            .order_by(audit_checkpoints.c.tree_size)
-        )
-    )
+def iter_checkpoints(
+    engine: sa.Engine, low: int, high: int, chunk: int = CHECKPOINT_CHUNK
+) -> Iterator[sa.Row[Any]]:
+    """Stored checkpoints with low < tree_size <= high, smallest first, read in chunks (a log
+    signs millions of them, too many to hold at once)."""
+    position = low
+    while position < high:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(audit_checkpoints)
+                .where(
+                    audit_checkpoints.c.tree_size > position,
+                    audit_checkpoints.c.tree_size <= high,
+                )
+                .order_by(audit_checkpoints.c.tree_size)
+                .limit(chunk)
+            ).all()
+        if not rows:
+            return
+        yield from rows
+        position = int(rows[-1].tree_size)
 
 
 def iter_entries(
