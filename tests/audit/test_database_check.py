@@ -16,6 +16,7 @@ from audit.database_check import verify_database
 from audit.log import AuditLog
 from audit.tables import audit_checkpoints, audit_entries, audit_tree_nodes
 from audit.verify import VerificationError
+from exchange.cli import main
 from exchange.pki import load_public_key_raw
 
 ENTRIES = 600
@@ -89,6 +90,29 @@ async def test_tampered_tree_node_is_named(
     assert failure.value.index is None  # no entry is to blame
     assert "audit_tree_nodes" in failure.value.problem
     assert named in failure.value.problem and kind in failure.value.problem
+
+
+async def test_cli_verify_database_prints_ok_or_what_is_wrong(
+    filled: AuditLog,
+    engine: sa.Engine,
+    database_url: str,
+    audit_config: AuditConfig,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    key = str(audit_config.public_key)
+    assert main(["audit", "verify-database", database_url, "--hub-key", key]) == 0
+    assert capsys.readouterr().out.startswith(f"ok: {ENTRIES} entries, root ")
+
+    with engine.begin() as conn:
+        set_node(8, 1, b"\x00" * 32)(conn)
+    assert main(["audit", "verify-database", database_url, "--hub-key", key]) == 1
+    assert capsys.readouterr().out.startswith(
+        "FAILED: audit_tree_nodes: the node (level 8, position 1) for entries 256..511 differs"
+    )
+
+    empty = f"sqlite:///{audit_config.log_key.parent / 'empty.db'}"
+    assert main(["audit", "verify-database", empty, "--hub-key", key]) == 1
+    assert "cannot read the audit log" in capsys.readouterr().out
 
 
 # Export memory: a log signs a checkpoint every 10 s while it grows, millions a year. Here
