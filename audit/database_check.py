@@ -241,18 +241,6 @@ def _check_query_index(engine: sa.Engine, indexed_size: int) -> None:
         )
 
 
-def _stored_rows(engine: sa.Engine, chunk: int = 5000) -> Iterator[sa.Row[Any]]:
+def _stored_rows(engine: sa.Engine) -> Iterator[sa.Row[Any]]:
     columns = [audit_entries.c[name] for name in ("idx", "leaf", "leaf_hash", *QUERY_COLUMNS)]
-    position = -1
-    while True:
-        with engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(*columns)
-                .where(audit_entries.c.idx > position)
-                .order_by(audit_entries.c.idx)
-                .limit(chunk)
-            ).all()
-        if not rows:
-            return
-        yield from rows
-        position = int(rows[-1].idx)
+    return store.in_chunks(engine, sa.select(*columns), audit_entries.c.idx, -1, 5000)

@@ -359,39 +359,30 @@ def iter_checkpoints(
 ) -> Iterator[sa.Row[Any]]:
     """Stored checkpoints with low < tree_size <= high, smallest first, read in chunks (a log
     signs millions of them, too many to hold at once)."""
-    position = low
-    while position < high:
-        with engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(audit_checkpoints)
-                .where(
-                    audit_checkpoints.c.tree_size > position,
-                    audit_checkpoints.c.tree_size <= high,
-                )
-                .order_by(audit_checkpoints.c.tree_size)
-                .limit(chunk)
-            ).all()
-        if not rows:
-            return
-        yield from rows
-        position = int(rows[-1].tree_size)
+    size = audit_checkpoints.c.tree_size
+    return in_chunks(engine, sa.select(audit_checkpoints).where(size <= high), size, low, chunk)
 
 
 def iter_entries(
     engine: sa.Engine, start: int, end: int, chunk: int = 5000
 ) -> Iterator[tuple[int, bytes, bytes]]:
     """(index, leaf, leaf_hash) of entries [start, end) in index order, read in chunks."""
-    position = start
-    while position < end:
+    entries = audit_entries.c
+    query = sa.select(entries.idx, entries.leaf, entries.leaf_hash).where(entries.idx < end)
+    for row in in_chunks(engine, query, entries.idx, start - 1, chunk):
+        yield int(row.idx), bytes(row.leaf), bytes(row.leaf_hash)
+
+
+def in_chunks(
+    engine: sa.Engine, query: sa.Select[Any], key: sa.Column[Any], after: int, chunk: int
+) -> Iterator[sa.Row[Any]]:
+    """The rows of `query` whose integer `key` is beyond `after`, in `key` order, read `chunk`
+    at a time, each chunk on a connection of its own: no transaction stays open for as long
+    as a caller takes over millions of rows."""
+    while True:
         with engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(audit_entries.c.idx, audit_entries.c.leaf, audit_entries.c.leaf_hash)
-                .where(audit_entries.c.idx >= position, audit_entries.c.idx < end)
-                .order_by(audit_entries.c.idx)
-                .limit(chunk)
-            ).all()
+            rows = conn.execute(query.where(key > after).order_by(key).limit(chunk)).all()
         if not rows:
             return
-        for idx, leaf, digest in rows:
-            yield int(idx), bytes(leaf), bytes(digest)
-        position = int(rows[-1][0]) + 1
+        yield from rows
+        after = int(rows[-1]._mapping[key])
