@@ -130,7 +130,8 @@ def verify_consent(
 
     Raises permission_denied naming the first problem: a malformed token, an unknown issuer
     or key, a signature that does not verify, a key outside its window, not yet valid,
-    expired, another subject, another department, another type, another purpose.
+    expired, valid for longer than MAX_TTL, another subject, another department, another
+    type, another purpose.
     """
     payload, signature = decode_token(token)
     consent = _parse(payload)
@@ -154,6 +155,9 @@ def verify_consent(
         raise permission_denied(f"consent: not valid before {consent.issued_at.isoformat()}")
     if now >= consent.expires_at:
         raise permission_denied(f"consent: expired at {consent.expires_at.isoformat()}")
+    if consent.expires_at - consent.issued_at > MAX_TTL:
+        # issue_consent never signs one; an issuer's own tooling might, by mistake or not.
+        raise permission_denied(f"consent: valid for longer than {MAX_TTL.days} days")
     _check_binding(consent, subject, department, certificate_type, purpose)
     return consent
 

@@ -137,6 +137,12 @@ REFUSALS: list[Case] = [
         "consent: malformed token (expires_at is not after issued_at)",
     ),
     (
+        "valid for years",  # signed by the registered key, but not by issue_consent
+        lambda p: _reissued(p, lambda m: m.expires_at.FromDatetime(NOW + dt.timedelta(days=367))),
+        {},
+        "consent: valid for longer than 366 days",
+    ),
+    (
         "unknown issuer",
         lambda p: _reissued(p, lambda m: setattr(m, "issuer", "fake-portal")),
         {},
