@@ -99,6 +99,10 @@ def identity_from_pem(pem: bytes) -> Identity:
 
 def _attribute(certificate: x509.Certificate, oid: x509.ObjectIdentifier, label: str) -> str:
     values = certificate.subject.get_attributes_for_oid(oid)
+    if len(values) > 1:
+        # Which one counts would depend on the order a CA wrote them in: an organisation's
+        # CA may put several O or OU in a name; the exchange reads exactly one of each.
+        raise unauthenticated(f"client certificate has {len(values)} {label}, not one")
     value = values[0].value if values else ""
     if not isinstance(value, str) or not value:
         raise unauthenticated(f"client certificate has no {label}")

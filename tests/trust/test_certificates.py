@@ -14,9 +14,11 @@ import grpc
 import grpc.aio
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
-from exchange.ca_index import CertificateIndex, Status, parse_serial
+from exchange.ca_index import CertificateAuthority, CertificateIndex, Status, parse_serial
 from exchange.cli import main
 from exchange.errors import ExchangeError, translate_errors
 from exchange.identity import Identity, identity_from_context, identity_from_pem
@@ -242,6 +244,44 @@ def test_check_certificate_refuses_revoked_and_expired(ca_dir: Path, tmp_path: P
         check_certificate(identity, revocations, now)
     assert revoked.value.status is grpc.StatusCode.UNAUTHENTICATED
     assert revoked.value.message == f"certificate {identity.serial:x} is revoked"
+
+
+@pytest.mark.parametrize(
+    ("doubled", "message"),
+    [
+        (NameOID.ORGANIZATION_NAME, "client certificate has 2 O (department), not one"),
+        (NameOID.ORGANIZATIONAL_UNIT_NAME, "client certificate has 2 OU (role), not one"),
+    ],
+    ids=["two-departments", "two-roles"],
+)
+def test_a_certificate_naming_two_departments_or_roles_identifies_nobody(
+    ca_dir: Path, doubled: x509.ObjectIdentifier, message: str
+) -> None:
+    # As an organisation's CA may issue: which O or OU counts must not depend on their order.
+    names = {
+        NameOID.COMMON_NAME: ["mca-counter-1"],
+        NameOID.ORGANIZATION_NAME: ["MCA"],
+        NameOID.ORGANIZATIONAL_UNIT_NAME: ["department"],
+    }
+    names[doubled] = [*names[doubled], "NHC" if doubled == NameOID.ORGANIZATION_NAME else "admin"]
+    ca = CertificateAuthority.at(ca_dir)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(o, v) for o, vs in names.items() for v in vs]))
+        .issuer_name(ca.load_certificate().subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(ca.load_key(), hashes.SHA256())
+    )
+
+    with pytest.raises(ExchangeError) as refused:
+        identity_from_pem(certificate.public_bytes(serialization.Encoding.PEM))
+    assert refused.value.status is grpc.StatusCode.UNAUTHENTICATED
+    assert refused.value.message == message
 
 
 # --- the CLI -----------------------------------------------------------------------------------
