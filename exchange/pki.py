@@ -228,6 +228,11 @@ def _issue(
     key_path: Path,
 ) -> TlsFiles:
     """Sign a certificate for `holder` and `key`, write both files, record it in the index."""
+    for path in (cert_path, key_path):
+        if path.resolve() in {ca.cert.resolve(), ca.key.resolve(), ca.crl.resolve()}:
+            # Issued into the CA's directory under its name, it would replace the CA's own
+            # key: every CRL signed afterwards would be refused, revocations with it.
+            raise ValueError(f"{path} is the CA's own file; choose another name")
     ca_cert = ca.load_certificate()
     subject = x509.Name(
         [

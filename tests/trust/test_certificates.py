@@ -320,6 +320,20 @@ def test_cli_revoke_of_an_unknown_name_fails_with_a_message(
     assert "this CA has issued no certificate named 'nobody'" in capsys.readouterr().err
 
 
+def test_cli_will_not_issue_over_the_cas_own_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(["pki", "init", "--dir", str(tmp_path)])
+    ca_key = (tmp_path / "ca.key").read_bytes()
+    arguments = ["pki", "issue", "--dir", str(tmp_path), "--name", "ca"]
+    assert main([*arguments, "--role", "department", "--department", "MCA"]) == 1
+    assert "is the CA's own file; choose another name" in capsys.readouterr().err
+    assert (tmp_path / "ca.key").read_bytes() == ca_key
+    assert (
+        load(tmp_path / "ca.pem").extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    )
+
+
 # --- a real server: revocation takes effect on the next call of an open channel ----------------
 
 
