@@ -52,7 +52,24 @@ def make_engine(url: str, **kwargs: Any) -> sa.Engine:
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 10)
     kwargs.setdefault("pool_pre_ping", True)
-    return sa.create_engine(url, **kwargs)
+    engine = sa.create_engine(url, **kwargs)
+    if engine.dialect.name == "postgresql":
+        event.listen(engine, "connect", _postgres_in_utc)
+    return engine
+
+
+def _postgres_in_utc(dbapi_connection: Any, _record: Any) -> None:
+    """Every session in UTC, whatever the server's or the role's TimeZone: times are stored
+    with their zone, but read back in the session's, and a grant valid until 9999-12-31
+    (UTC) is in the year 10000 east of UTC, which no driver can read."""
+    autocommit = dbapi_connection.autocommit
+    dbapi_connection.autocommit = True  # a SET in a transaction is undone by its rollback
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("SET TIME ZONE 'UTC'")
+    finally:
+        cursor.close()
+        dbapi_connection.autocommit = autocommit
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -169,7 +169,14 @@ def _sqlite_file(engine: sa.Engine) -> str | None:
 
 
 def _psycopg_conninfo(engine: sa.Engine) -> str | None:
-    """A libpq URI for `engine`'s database when it is PostgreSQL through psycopg 3."""
+    """libpq's connection string for `engine`'s database when it is PostgreSQL through
+    psycopg 3: built from the URL's parts, so query parameters reach libpq as the engine's
+    connections get them (rendered back into a URL, "-c a=b" options came out garbled)."""
     if engine.dialect.name != "postgresql" or engine.dialect.driver != "psycopg":
         return None
-    return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    from psycopg.conninfo import make_conninfo
+
+    url = engine.url
+    parts: dict[str, Any] = url.translate_connect_args(username="user", database="dbname")
+    parts.update(url.query)
+    return make_conninfo(**parts)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Callable
-from datetime import UTC
+from datetime import UTC, datetime
 
 import grpc
 import pytest
@@ -612,6 +612,54 @@ async def test_a_second_hub_sees_a_change_on_its_next_snapshot(
         assert after.data_sources_for("resident_identity") == []
     finally:
         other_engine.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("time_zone", ["Asia/Shanghai", "America/New_York"])
+async def test_the_ends_of_time_read_back_whatever_the_servers_time_zone(
+    postgres_url: str, time_zone: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "No end" written as 9999-12-31 is in the year 10000 east of UTC, and 0001-01-01 before
+    # year 1 west of it: a session in the server's zone could not read the grant back, and
+    # every snapshot (so every lookup, whoever asked) failed.
+    monkeypatch.setenv("PGTZ", time_zone)  # the session zone a server or role would set
+    engine = make_engine(postgres_url)
+    upgrade(engine)
+    store = RegistryStore(engine)
+    try:
+        catalogue = seed(store)
+        forever = dataclasses.replace(
+            catalogue.grant,
+            id="forever",
+            valid_from=datetime(1, 1, 1, tzinfo=UTC),
+            valid_until=datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC),
+        )
+        store.register_grant(forever)
+
+        snapshot = await store.snapshot()
+        assert forever in snapshot.grants_for("MZJ", "resident_identity")
+        assert forever in store.list_grants("MZJ")
+    finally:
+        await store.aclose()
+        engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_libpq_options_in_the_url_reach_every_connection(postgres_url: str) -> None:
+    # libpq's documented form, "-c name=value" with a space, and two of them: the registry's
+    # version reader connects with the same options as the engine.
+    url = postgres_url.replace("options=-csearch_path", "options=-c%20search_path")
+    url += "%20-c%20statement_timeout%3D5000"
+    engine = make_engine(url)
+    upgrade(engine)
+    store = RegistryStore(engine)
+    try:
+        seed(store)
+        snapshot = await store.snapshot()
+        assert snapshot.department("PSB") is not None
+    finally:
+        await store.aclose()
+        engine.dispose()
 
 
 async def test_concurrent_registrations_of_one_code_let_exactly_one_win(
