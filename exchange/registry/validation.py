@@ -194,6 +194,8 @@ def checked_data_source(data_source: DataSource) -> DataSource:
     _check_unique("data_source.endpoints", data_source.endpoints, "endpoint")
     if not data_source.tls_identity:
         raise invalid_argument("data_source.tls_identity: required")
+    if len(data_source.tls_identity) > NAME_LENGTH:
+        raise invalid_argument(f"data_source.tls_identity: longer than {NAME_LENGTH} characters")
     if not HOST_NAME.fullmatch(data_source.tls_identity):
         raise invalid_argument(
             f"data_source.tls_identity: {data_source.tls_identity!r} is not a certificate name"

@@ -449,6 +449,14 @@ REFUSALS: list[tuple[str, Change, grpc.StatusCode, str]] = [
         grpc.StatusCode.INVALID_ARGUMENT,
         "data_source.tls_identity: required",
     ),
+    (
+        "source with a TLS identity too long to store",  # a DNS name may have 253
+        lambda s, c: s.register_data_source(
+            dataclasses.replace(psb_source(), id="x", tls_identity=".".join(["a" * 60] * 4))
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "data_source.tls_identity: longer than 200 characters",
+    ),
     # Grants.
     (
         "grant of a field the type lacks",
