@@ -79,6 +79,11 @@ def delegation_references(
         raise invalid_argument(
             "delegation.revoked: a revoked delegation cannot be reinstated; register a new one"
         )
+    if before.revoked and delegation != before:
+        # What authority the agent had stays on record as it was when it ended.
+        raise invalid_argument(
+            "delegation: a revoked delegation cannot be changed; register a new one"
+        )
 
 
 def certificate_type_references(

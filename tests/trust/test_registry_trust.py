@@ -226,6 +226,11 @@ async def test_a_revoked_delegation_stays_on_record_and_cannot_be_reinstated(
     assert not revoked.is_valid_at(datetime(2026, 1, 1, tzinfo=UTC))
     with pytest.raises(ExchangeError, match="a revoked delegation cannot be reinstated"):
         store.update_delegation(stored)
+    # Nor rewritten while revoked: the record says what authority the agent had.
+    wider = dataclasses.replace(revoked, purposes=(*revoked.purposes, "adoption"))
+    with pytest.raises(ExchangeError, match="a revoked delegation cannot be changed"):
+        store.update_delegation(wider)
+    assert store.list_delegations() == [revoked]
 
 
 Change = Callable[[RegistryStore, Delegation], object]
