@@ -183,7 +183,9 @@ def guarded(
         )
     if handler.stream_unary is not None:
         return handler._replace(stream_unary=_wrap_unary(handler.stream_unary, admit))
-    return handler._replace(stream_stream=_wrap_stream(handler.stream_stream, admit))
+    return handler._replace(
+        stream_stream=_wrap_stream(handler.stream_stream, admit, admit_each_message=True)
+    )
 
 
 def _wrap_unary(behavior: Callable[..., Any], admit: Admit) -> Callable[..., Any]:
@@ -195,19 +197,27 @@ def _wrap_unary(behavior: Callable[..., Any], admit: Admit) -> Callable[..., Any
     return unary
 
 
-def _wrap_stream(behavior: Callable[..., Any], admit: Admit) -> Callable[..., Any]:
+def _wrap_stream(
+    behavior: Callable[..., Any], admit: Admit, *, admit_each_message: bool = False
+) -> Callable[..., Any]:
+    """With admit_each_message, a stream of requests is admitted again before each message:
+    a stream can stay open for hours, and a revocation must end it at its next message, as
+    it ends the next unary call."""
+
+    async def admitted(request: Any, context: Any) -> Any:
+        await admit(request, context)
+        return _each_admitted(request, admit, context) if admit_each_message else request
+
     if inspect.isasyncgenfunction(behavior):
 
         async def stream_generator(request: Any, context: Any) -> AsyncIterator[Any]:
-            await admit(request, context)
-            async for response in behavior(request, context):
+            async for response in behavior(await admitted(request, context), context):
                 yield response
 
         return stream_generator
 
     async def stream_writer(request: Any, context: Any) -> Any:
-        await admit(request, context)
-        result = behavior(request, context)
+        result = behavior(await admitted(request, context), context)
         if inspect.isawaitable(result):
             return await result
         for response in result or ():  # a plain generator: hand its responses over
@@ -215,6 +225,14 @@ def _wrap_stream(behavior: Callable[..., Any], admit: Admit) -> Callable[..., An
         return None
 
     return stream_writer
+
+
+async def _each_admitted(
+    requests: AsyncIterator[Any], admit: Admit, context: Any
+) -> AsyncIterator[Any]:
+    async for request in requests:
+        await admit(request, context)
+        yield request
 
 
 def _tolerant(

@@ -28,6 +28,7 @@ import pytest
 import sqlalchemy as sa
 from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from hub_world import ACME, LI, ZHANG, lookup_request, resident
 from pki_fixture import TestPki
 from trust.consent_world import Portal
@@ -737,6 +738,32 @@ async def test_exchange_pki_revoke_stops_a_departments_next_lookup_while_the_hub
     assert entry.caller == "mca-counter-3"
     # The hub kept running: MCA's other system is served as before.
     await audited_grant(world, world.lookup().Lookup(lookup_request()))
+
+
+async def test_a_revocation_ends_an_open_stream_at_its_next_message(hostile: Hostile) -> None:
+    world = hostile.world
+    files, serial = _fresh(hostile, "probe-streaming", "auditor", "EXCHANGE")
+    asking: asyncio.Queue[reflection_pb2.ServerReflectionRequest] = asyncio.Queue()
+
+    async def questions() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
+        while True:
+            yield await asking.get()
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(world.channel(files))
+    call = stub.ServerReflectionInfo(questions())
+    question = reflection_pb2.ServerReflectionRequest(list_services="")
+    await asking.put(question)
+    assert (await call.read()).list_services_response.service
+
+    revoke_certificates(hostile.pki.ca.parent, serial=serial)
+    await asking.put(question)
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await call.read()
+    assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert ended.value.details() == f"certificate {serial:x} is revoked"
+    refused = await world.audit_entries(event="call_refused", requester_department="EXCHANGE")
+    (entry,) = [e for e in refused if e.caller == "probe-streaming"]
+    assert entry.method == "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
 
 
 async def test_a_revoked_certificate_may_not_even_ask_for_health(hostile: Hostile) -> None:
