@@ -88,20 +88,36 @@ class FileCertificateType:
     def load(self) -> dict[str, Record]:
         """Every record in the file by subject id; ValueError names the file and row at fault."""
         records: dict[str, Record] = {}
-        for number, row in enumerate(self._rows(), start=1):
-            where = f"{self.path} record {number}"
-            subject_id, record = self._record(row, where)
-            current = records.get(subject_id)
-            if current is None or record.issued_at >= current.issued_at:
-                records[subject_id] = record
+        keys_seen: set[str] = set()
+        number = 0
+        try:
+            for number, row in enumerate(self._rows(), start=1):
+                keys_seen.update(row)
+                subject_id, record = self._record(row, f"{self.path} record {number}")
+                current = records.get(subject_id)
+                if current is None or record.issued_at >= current.issued_at:
+                    records[subject_id] = record
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise ValueError(f"{self.path} after record {number}: {exc}") from exc
+        # A key no record has is a misspelt one: left alone, a misspelt valid_until_key
+        # would release expired records as valid without end.
+        missing = [key for key in self._configured_keys() if key not in keys_seen]
+        if records and missing:
+            raise ValueError(f"{self.path}: no record has {', '.join(missing)}")
         return records
+
+    def _configured_keys(self) -> list[str]:
+        keys = [self.subject_key, self.document_id_key, self.issued_at_key]
+        if self.valid_until_key is not None:
+            keys.append(self.valid_until_key)
+        return list(dict.fromkeys([*keys, *self.fields.values()]))
 
     def _rows(self) -> Iterator[Mapping[str, Any]]:
         with self.path.open(encoding=self.encoding, newline="") as stream:
             if self.format == "csv":
                 rows = csv.DictReader(stream)
-                needed = [self.subject_key, self.document_id_key, self.issued_at_key]
-                missing = [key for key in needed if key not in (rows.fieldnames or ())]
+                header = rows.fieldnames or ()
+                missing = [key for key in self._configured_keys() if key not in header]
                 if missing:
                     raise ValueError(f"{self.path}: no column {', '.join(missing)}")
                 yield from rows

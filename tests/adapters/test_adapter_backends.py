@@ -280,6 +280,54 @@ def test_a_csv_without_a_configured_column_is_refused(tmp_path: Path) -> None:
         FileBackend.from_options(files_options(path), tmp_path)
 
 
+@pytest.mark.parametrize("suffix", ["csv", "json"])
+def test_a_misspelt_validity_key_is_refused_not_read_as_no_end(tmp_path: Path, suffix: str) -> None:
+    # Read as absent, the record below would be released as valid without end.
+    path = tmp_path / f"residents.{suffix}"
+    if suffix == "csv":
+        path.write_text(
+            "id_number,certificate_no,full_name,household_size,issued_on,valid_until\n"
+            f"{ZHANG},PSB-1,张伟,3,2009-03-01,2019-03-01\n",
+            encoding="utf-8",
+        )
+        message = f"{path}: no column valid_to"
+    else:
+        record = {
+            "id_number": ZHANG,
+            "certificate_no": "PSB-1",
+            "full_name": "张伟",
+            "household_size": 3,
+            "issued_on": "2009-03-01",
+            "valid_until": "2019-03-01",
+        }
+        path.write_text(json.dumps([record]), encoding="utf-8")
+        message = f"{path}: no record has valid_to"
+
+    with pytest.raises(ValueError) as refused:
+        FileBackend.from_options(files_options(path, valid_until_key="valid_to"), tmp_path)
+    assert str(refused.value) == message
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (f"{ZHANG},PSB-1,{'张' * 200_000},3,2019-03-01\n".encode(), "field larger than"),
+        (f"{ZHANG},PSB-1,张伟,3,2019-03-01\n".encode("gbk"), "can't decode"),
+    ],
+    ids=["field-too-large", "not-utf8"],
+)
+def test_an_unreadable_csv_is_refused_naming_the_file(
+    tmp_path: Path, content: bytes, problem: str
+) -> None:
+    path = tmp_path / "residents.csv"
+    path.write_bytes(b"id_number,certificate_no,full_name,household_size,issued_on\n" + content)
+
+    with pytest.raises(ValueError) as refused:
+        FileBackend.from_options(files_options(path), tmp_path)
+    assert str(refused.value).startswith(f"{path} after record 0: ")
+    assert problem in str(refused.value)
+
+
 def test_a_json_file_must_hold_an_array_of_objects(tmp_path: Path) -> None:
     path = tmp_path / "residents.json"
     path.write_text(json.dumps({"id_number": ZHANG}), encoding="utf-8")
