@@ -29,6 +29,7 @@ from exchange.errors import (
     deadline_exceeded,
     invalid_argument,
     not_found,
+    resource_exhausted,
     translate_errors,
 )
 from exchange.gated_server import GatedServer
@@ -36,7 +37,7 @@ from exchange.pki import load_signing_key
 from exchange.revocation import revocation_list_for
 from exchange.subject import validate_subject
 from exchange.timestamps import set_timestamp
-from exchange.tls import server_credentials
+from exchange.tls import MAX_MESSAGE_BYTES, server_credentials
 from exchange.v1 import adapter_pb2, adapter_pb2_grpc, common_pb2
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,10 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = adapter_pb2.DESCRIPTOR.services_by_name["AdapterService"].full_name
 MAX_REQUEST_ID = 128
 MAX_CALLS_IN_FLIGHT = 256  # per FetchStream
+# A signed record larger than this is refused on its own: the hub must be able to receive
+# it (on a stream, a message over its limit would end every call on the stream) and to pass
+# it on with its receipt.
+MAX_RESPONSE_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
 
 
 class AdapterServicer(adapter_pb2_grpc.AdapterServiceServicer):
@@ -178,8 +183,15 @@ class AdapterServicer(adapter_pb2_grpc.AdapterServiceServicer):
             self._note(request, "not found")
             raise not_found(f"no {request.certificate_type} record for this subject")
         document = self._document(request, subject, record)
+        response = adapter_pb2.FetchResponse(document=self.signer.sign(document))
+        if (size := response.ByteSize()) > MAX_RESPONSE_BYTES:
+            self._note(request, f"too large to send ({size} bytes)")
+            raise resource_exhausted(
+                f"the signed {request.certificate_type} record is {size} bytes, more than the "
+                f"{MAX_RESPONSE_BYTES} a response may carry"
+            )
         self._note(request, f"released {sorted(document.fields)}")
-        return adapter_pb2.FetchResponse(document=self.signer.sign(document))
+        return response
 
     async def Describe(
         self, request: adapter_pb2.DescribeRequest, context: grpc.aio.ServicerContext

@@ -13,6 +13,10 @@ from pathlib import Path
 
 import grpc
 
+# The largest message on the exchange's channels, each way: gRPC's own default receive
+# limit, set explicitly on the hub's server and its channels to the nodes.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class TlsFiles:

@@ -22,12 +22,11 @@ import grpc.aio
 
 from exchange.errors import deadline_exceeded, not_found, unavailable
 from exchange.registry.model import DataSource
-from exchange.tls import TlsFiles, channel_credentials
+from exchange.tls import MAX_MESSAGE_BYTES, TlsFiles, channel_credentials
 from exchange.v1 import adapter_pb2, adapter_pb2_grpc, common_pb2
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 IDLE_CHANNEL_SECONDS = 600.0
 IDLE_CHECK_SECONDS = 60.0  # how often fetches look for idle channels to close
 RETRY_STREAM_AFTER_SECONDS = 300.0  # how long a node without FetchStream is called unary

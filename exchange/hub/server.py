@@ -29,12 +29,12 @@ from exchange.db import make_engine, upgrade
 from exchange.gated_server import GatedServer
 from exchange.hub.gate import Gate
 from exchange.hub.lookup import LookupServicer
-from exchange.hub.routing import MAX_MESSAGE_BYTES, Router
+from exchange.hub.routing import Router
 from exchange.quota import Quotas
 from exchange.registry.service import RegistryServicer
 from exchange.registry.store import RegistryStore
 from exchange.revocation import RevocationList, revocation_list_for
-from exchange.tls import server_credentials
+from exchange.tls import MAX_MESSAGE_BYTES, server_credentials
 from exchange.v1 import (
     audit_pb2,
     audit_pb2_grpc,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -27,7 +28,7 @@ from pki_fixture import TestPki
 
 from adapters.backends import Backend, Record
 from adapters.config import AdapterConfig
-from adapters.node import AdapterServicer, build_adapter_server
+from adapters.node import MAX_RESPONSE_BYTES, AdapterServicer, build_adapter_server
 from adapters.signing import DocumentSigner
 from audit.events import SubjectId
 from exchange.pki import load_signing_key
@@ -68,6 +69,16 @@ class TimesOutFor(SlowFor):
         if subject.id == self.subject_id:
             raise TimeoutError("the registry database did not answer")
         return await self.inner.fetch(certificate_type, subject)
+
+
+class HugeFor(SlowFor):
+    """A backend whose record about one subject is larger than any message may be."""
+
+    async def fetch(self, certificate_type: str, subject: SubjectId) -> Record | None:
+        record = await self.inner.fetch(certificate_type, subject)
+        if record is None or subject.id != self.subject_id:
+            return record
+        return dataclasses.replace(record, fields={**record.fields, "name": "张" * (2 << 20)})
 
 
 def psb_config(tmp_path: Path, pki: TestPki) -> AdapterConfig:
@@ -164,6 +175,24 @@ async def test_each_call_is_answered_under_its_call_id_and_a_failure_ends_only_i
     assert by_id[8].status.message == "no resident_identity record for this subject"
     assert by_id[10].status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert "'criminal_record'" in by_id[10].status.message
+
+
+async def test_a_record_too_large_to_send_fails_alone_not_the_stream(
+    tmp_path: Path, pki: TestPki, hub_tls: TlsFiles
+) -> None:
+    # 6 MiB of name: past the hub's 4 MiB receive limit, which would end the whole stream.
+    async with running(tmp_path, pki, ZHANG, backend_type=HugeFor) as (port, _, _):
+        results = await results_of(
+            port, hub_tls, [call(1, fetch_request(ZHANG)), call(2, fetch_request(LI))]
+        )
+
+    by_id = {result.call_id: result for result in results}
+    assert by_id[2].WhichOneof("outcome") == "response"
+    assert by_id[1].status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert by_id[1].status.message.startswith("the signed resident_identity record is ")
+    assert by_id[1].status.message.endswith(
+        f"more than the {MAX_RESPONSE_BYTES} a response may carry"
+    )
 
 
 async def test_a_call_without_a_timeout_is_refused_naming_it(
