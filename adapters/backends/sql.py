@@ -4,6 +4,9 @@ Each certificate type maps to either a table (`table` + `subject_column`; the ro
 latest `issued_at_column` wins) or an operator-written `query`: a SELECT taking the subject id
 as the bound parameter `:subject_id` (the first row wins, so order it). The subject id is
 always a bound parameter and column names come only from the config, never from a request.
+The hub spells subject ids in upper case; a table is also searched for the id in lower case
+(a resident ID's check character is often stored as "x"), and `:subject_id_lower` holds it
+for a query that needs the same. Rows without an `issued_at_column` value sort last.
 
     [backend]
     kind = "sql"
@@ -125,8 +128,11 @@ class SqlCertificateType:
         if self.valid_until_column is not None:
             valid_until = optional_utc(row[self.valid_until_column], self.timezone, what)
         rendered = {name: render(row[column]) for name, column in self.fields.items()}
+        document_id = render(row[self.document_id_column])
+        if document_id is None:
+            raise ValueError(f"{what}: the record has no {self.document_id_column}")
         return Record(
-            document_id=str(row[self.document_id_column]),
+            document_id=document_id,
             issued_at=to_utc(row[self.issued_at_column], self.timezone, what),
             valid_until=valid_until,
             fields={name: value for name, value in rendered.items() if value is not None},
@@ -147,10 +153,21 @@ def _table_statement(
     source = sa.table(table, *(sa.column(name) for name in names), schema=schema)
     return (
         sa.select(*(source.c[name] for name in dict.fromkeys(selected)))
-        .where(source.c[subject_column] == sa.bindparam("subject_id", type_=sa.String))
-        .order_by(source.c[issued_at_column].desc())
+        .where(
+            source.c[subject_column].in_(
+                [
+                    sa.bindparam("subject_id", type_=sa.String),
+                    sa.bindparam("subject_id_lower", type_=sa.String),
+                ]
+            )
+        )
+        .order_by(source.c[issued_at_column].desc().nulls_last())
         .limit(1)
     )
+
+
+def _subject_parameters(subject_id: str) -> dict[str, str]:
+    return {"subject_id": subject_id, "subject_id_lower": subject_id.lower()}
 
 
 def _query_statement(query: str, where: str) -> sa.Executable:
@@ -220,7 +237,7 @@ class InlineSqlite:
     def first_row(self, statement: sa.Executable, subject_id: str) -> dict[str, Any] | None:
         """The statement's first row as a column -> value mapping, or None."""
         sql, positions, defaults = self._compile(statement)
-        values = {**defaults, "subject_id": subject_id}
+        values = {**defaults, **_subject_parameters(subject_id)}
         cursor = self._connect().execute(sql, tuple(values[name] for name in positions))
         try:
             row = cursor.fetchone()
@@ -240,7 +257,8 @@ class InlineSqlite:
     def _connect(self) -> sqlite3.Connection:
         if self._connection is None:
             connection = sqlite3.connect(
-                self._path,
+                Path(self._path).as_uri() + "?mode=ro",  # never creates a missing file
+                uri=True,
                 timeout=INLINE_BUSY_TIMEOUT_S,
                 isolation_level=None,  # autocommit: each read sees the latest commit
                 check_same_thread=False,  # only ever used synchronously, from the event loop
@@ -275,6 +293,9 @@ class SqlBackend(Backend):
         # hide_parameters: a failed query must not quote the subject id into the logs.
         self.engine = sa.create_engine(config.url, pool_pre_ping=True, hide_parameters=True)
         path = _sqlite_file(self.engine)
+        if path is not None and not Path(path).is_file():
+            # SQLite would create it, empty, and every fetch would fail on a missing table.
+            raise ValueError(f"backend.url: no SQLite database at {path}")
         self._inline = InlineSqlite(path, self.engine.dialect) if path else None
 
     @classmethod
@@ -306,7 +327,7 @@ class SqlBackend(Backend):
 
     def _first_row(self, statement: sa.Executable, subject_id: str) -> RowMapping | None:
         with self.engine.connect() as connection:
-            result = connection.execute(statement, {"subject_id": subject_id})
+            result = connection.execute(statement, _subject_parameters(subject_id))
             return result.mappings().first()
 
     async def close(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sqlite3
 import textwrap
 from pathlib import Path
 
@@ -113,6 +114,62 @@ async def test_sql_backend_reads_typed_columns_on_sqlite_and_postgresql(database
     assert zhang.fields == {"name": "张伟", "birth_date": "1990-05-17", "household_size": "3"}
     assert li.valid_until is None
     assert li.fields == {"name": "李娜"}  # NULLs are absent fields
+
+
+# The example of GB 11643-1999, whose check character is X.
+WITH_X = "11010519491231002X"
+
+
+async def test_sql_backend_finds_what_departments_really_store(database_url: str) -> None:
+    write_typed_residents(database_url)
+    row = {"full_name": None, "birth_date": None, "household_size": None, "expires_at": None}
+    engine = sa.create_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO typed_residents (id_number, certificate_no, full_name, birth_date,"
+                " household_size, issued_on, expires_at) VALUES (:id_number, :certificate_no,"
+                " :full_name, :birth_date, :household_size, :issued_on, :expires_at)"
+            ),
+            [
+                # The check character as many registers keep it: lower case.
+                {
+                    **row,
+                    "id_number": WITH_X.lower(),
+                    "certificate_no": "PSB-X",
+                    "issued_on": "2020-01-02",
+                },
+                # A row without an issue date: on PostgreSQL it sorted first and hid the record.
+                {**row, "id_number": ZHANG, "certificate_no": "PSB-UNDATED", "issued_on": None},
+                # The newest row, with no certificate number: no record to sign, not one "None".
+                {**row, "id_number": LI, "certificate_no": None, "issued_on": "2024-01-01"},
+            ],
+        )
+    engine.dispose()
+    backend = SqlBackend.from_options(sql_options(database_url, **TABLE_SPEC), Path("."))
+    try:
+        with_x = await backend.fetch("resident_identity", resident(WITH_X))
+        zhang = await backend.fetch("resident_identity", resident(ZHANG))
+        with pytest.raises(ValueError) as no_number:
+            await backend.fetch("resident_identity", resident(LI))
+    finally:
+        await backend.close()
+
+    assert with_x is not None and with_x.document_id == "PSB-X"
+    assert zhang is not None and zhang.document_id == "PSB-2019-0001"
+    assert str(no_number.value) == (
+        "certificate_types.resident_identity: the record has no certificate_no"
+    )
+
+
+def test_a_sqlite_database_that_is_not_there_stops_the_node_at_start(tmp_path: Path) -> None:
+    # SQLite would create it, empty, and the node would serve UNAVAILABLE for ever.
+    options = sql_options("sqlite:///pbs.db", **TABLE_SPEC)  # psb.db, mistyped
+
+    with pytest.raises(ValueError) as refused:
+        SqlBackend.from_options(options, tmp_path)
+    assert str(refused.value) == f"backend.url: no SQLite database at {tmp_path / 'pbs.db'}"
+    assert not (tmp_path / "pbs.db").exists()
 
 
 async def test_sql_backend_runs_an_operator_query(tmp_path: Path) -> None:
@@ -418,6 +475,7 @@ def test_unknown_kind_names_it_and_lists_the_available_ones(installed_plugin: No
 
 
 def test_built_in_kinds_come_before_entry_points(tmp_path: Path) -> None:
+    sqlite3.connect(tmp_path / "psb.db").close()
     url = f"sqlite:///{tmp_path / 'psb.db'}"
     options = sql_options(url, **TABLE_SPEC)
 
