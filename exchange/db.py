@@ -62,11 +62,17 @@ def _postgres_in_utc(dbapi_connection: Any, _record: Any) -> None:
     """Every session in UTC, whatever the server's or the role's TimeZone: times are stored
     with their zone, but read back in the session's, and a grant valid until 9999-12-31
     (UTC) is in the year 10000 east of UTC, which no driver can read."""
+    set_for_session(dbapi_connection, "SET TIME ZONE 'UTC'")
+
+
+def set_for_session(dbapi_connection: Any, statement: str) -> None:
+    """Run `statement` (a SET) on a new DB-API connection, outside any transaction: inside
+    one, the rollback that returns a connection to the pool would undo it."""
     autocommit = dbapi_connection.autocommit
-    dbapi_connection.autocommit = True  # a SET in a transaction is undone by its rollback
+    dbapi_connection.autocommit = True
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute("SET TIME ZONE 'UTC'")
+        cursor.execute(statement)
     finally:
         cursor.close()
         dbapi_connection.autocommit = autocommit

@@ -66,6 +66,13 @@ class OptionReader:
                 raise ValueError(f"{self.where}.{key}.{name}: expected a non-empty string")
         return dict(value)
 
+    def positive_int(self, key: str, default: int) -> int:
+        """A whole number of at least 1, or `default` when absent."""
+        value = self.options.get(key, default)
+        if type(value) is not int or value < 1:
+            raise ValueError(f"{self.where}.{key}: expected a whole number of at least 1")
+        return value
+
     def zone(self, key: str = "timezone") -> tzinfo:
         """The time zone that dates stored without one are in; UTC when absent."""
         name = self.text(key, default="UTC")

@@ -11,6 +11,7 @@ for a query that needs the same. Rows without an `issued_at_column` value sort l
     [backend]
     kind = "sql"
     url = "sqlite:///psb.db"            # relative SQLite paths: from the config file's folder
+    statement_timeout_ms = 5000         # optional (default 5000): PostgreSQL ends longer reads
 
     [certificate_types.resident_identity]
     table = "residents"                 # optional: schema = "registry"
@@ -27,8 +28,10 @@ for a query that needs the same. Rows without an `issued_at_column` value sort l
     issued_at_column = "registered"
     fields = { head_of_household = "head" }
 
-The synchronous engine runs in worker threads (asyncio.to_thread), so the event loop never
-waits on the database, with one exception: a local SQLite file is read on the event loop
+The synchronous engine runs in the backend's own worker threads, so the event loop never
+waits on the database, and reads the hub has given up on (a locked table, say) hold only
+those threads until the statement timeout ends them, never the node's other work and never
+its shutdown. One exception: a local SQLite file is read on the event loop
 (`InlineSqlite`), because one indexed row costs microseconds there and a round trip through a
 worker thread costs far more CPU than the read itself. A read that finds the file locked for
 longer than a moment goes to a worker thread like any other.
@@ -37,6 +40,7 @@ longer than a moment goes to a worker thread like any other.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import logging
@@ -54,10 +58,13 @@ from adapters.backends.base import Backend, Record
 from adapters.backends.options import OptionReader
 from adapters.backends.values import optional_utc, render, to_utc
 from audit.events import SubjectId
-from exchange.db import normalise_url
+from exchange.db import normalise_url, set_for_session
 from exchange.errors import unavailable
 
 log = logging.getLogger(__name__)
+
+# How long PostgreSQL lets one read run (a lock wait included) unless the config says.
+DEFAULT_STATEMENT_TIMEOUT_MS = 5000
 
 _TYPE_KEYS = (
     "table",
@@ -186,11 +193,12 @@ class SqlBackendConfig:
 
     url: str
     certificate_types: dict[str, SqlCertificateType]
+    statement_timeout_ms: int = DEFAULT_STATEMENT_TIMEOUT_MS
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], base_dir: Path) -> SqlBackendConfig:
         """Parse the options; a relative SQLite path is taken from `base_dir`."""
-        reader = OptionReader(d, "backend", ("url", "certificate_types"))
+        reader = OptionReader(d, "backend", ("url", "certificate_types", "statement_timeout_ms"))
         types = reader.table("certificate_types")
         if not types:
             raise ValueError("certificate_types: configure at least one certificate type")
@@ -199,6 +207,9 @@ class SqlBackendConfig:
             certificate_types={
                 code: SqlCertificateType.from_dict(code, spec) for code, spec in types.items()
             },
+            statement_timeout_ms=reader.positive_int(
+                "statement_timeout_ms", DEFAULT_STATEMENT_TIMEOUT_MS
+            ),
         )
 
 
@@ -218,6 +229,8 @@ def _resolve_sqlite_path(url: str, base_dir: Path) -> str:
 
 # How long a read on the event loop waits for a writer's lock before it moves to a thread.
 INLINE_BUSY_TIMEOUT_S = 0.02
+# Threads reading through the engine at once: more reads wait for one of them.
+READ_THREADS = 8
 
 
 class InlineSqlite:
@@ -291,7 +304,15 @@ class SqlBackend(Backend):
     def __init__(self, config: SqlBackendConfig) -> None:
         self.config = config
         # hide_parameters: a failed query must not quote the subject id into the logs.
-        self.engine = sa.create_engine(config.url, pool_pre_ping=True, hide_parameters=True)
+        self.engine = sa.create_engine(
+            config.url, pool_pre_ping=True, hide_parameters=True, pool_size=READ_THREADS
+        )
+        if self.engine.dialect.name == "postgresql":
+            timeout = f"SET statement_timeout = {int(config.statement_timeout_ms)}"
+            sa.event.listen(
+                self.engine, "connect", lambda dbapi, _: set_for_session(dbapi, timeout)
+            )
+        self._reads = concurrent.futures.ThreadPoolExecutor(READ_THREADS, "sql-backend")
         path = _sqlite_file(self.engine)
         if path is not None and not Path(path).is_file():
             # SQLite would create it, empty, and every fetch would fail on a missing table.
@@ -317,10 +338,14 @@ class SqlBackend(Backend):
                 self._inline.close()  # the engine's read below says what is wrong, if anything
             else:
                 return None if found is None else spec.record(found)
+        loop = asyncio.get_running_loop()
         try:
-            row = await asyncio.to_thread(self._first_row, spec.statement, subject.id)
+            row = await loop.run_in_executor(
+                self._reads, self._first_row, spec.statement, subject.id
+            )
         except sa.exc.OperationalError as exc:
-            # Connection refused, database locked or gone: the hub may try another replica.
+            # Connection refused, database locked or gone, a read over the statement
+            # timeout: the hub may try another replica.
             log.error("database error reading %s: %s", certificate_type, exc)
             raise unavailable("the department's record store is unavailable") from exc
         return None if row is None else spec.record(row)
@@ -331,7 +356,9 @@ class SqlBackend(Backend):
             return result.mappings().first()
 
     async def close(self) -> None:
-        """Close the engine's pooled connections."""
+        """Close the engine's pooled connections; reads still running are left to end (by
+        the statement timeout) in their own threads."""
         if self._inline is not None:
             self._inline.close()
+        self._reads.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(self.engine.dispose)

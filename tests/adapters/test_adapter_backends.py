@@ -162,6 +162,34 @@ async def test_sql_backend_finds_what_departments_really_store(database_url: str
     )
 
 
+async def test_a_read_stuck_behind_a_lock_ends_at_the_statement_timeout(
+    postgres_url: str, tmp_path: Path, pki: TestPki, hub_tls: TlsFiles
+) -> None:
+    # A migration holding the table, say: the read must end, and free its thread, instead of
+    # waiting for as long as the lock is held, long after the hub has given up on it.
+    write_typed_residents(postgres_url)
+    spec = "\n".join(f'{key} = "{value}"' for key, value in TABLE_SPEC.items())
+    backend = textwrap.dedent(f"""\
+        kind = "sql"
+        url = "{postgres_url}"
+        statement_timeout_ms = 300
+        [certificate_types.resident_identity]
+        {spec}
+        fields = {{ name = "full_name" }}
+        """)
+    config = write_config(tmp_path, pki, backend)
+    engine = sa.create_engine(postgres_url)
+    with engine.connect() as locker, locker.begin():
+        locker.execute(sa.text("LOCK TABLE typed_residents IN ACCESS EXCLUSIVE MODE"))
+        async with running_node(config) as port, adapter_client(port, hub_tls) as stub:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Fetch(fetch_request(ZHANG, fields=("name",)), timeout=30)
+    engine.dispose()
+
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert caught.value.details() == "the department's record store is unavailable"
+
+
 def test_a_sqlite_database_that_is_not_there_stops_the_node_at_start(tmp_path: Path) -> None:
     # SQLite would create it, empty, and the node would serve UNAVAILABLE for ever.
     options = sql_options("sqlite:///pbs.db", **TABLE_SPEC)  # psb.db, mistyped
