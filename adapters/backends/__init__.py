@@ -1,6 +1,6 @@
 """Backends an adapter node reads records through, and `load_backend` to pick one by kind.
 
-Built-in kinds ("sql", "files") are found first; any other kind is looked up in the
+Built-in kinds ("sql", "files", "http") are found first; any other kind is looked up in the
 entry-point group "exchange.adapters", where a third party registers its Backend subclass:
 
     [project.entry-points."exchange.adapters"]
@@ -37,6 +37,7 @@ ENTRY_POINT_GROUP = "exchange.adapters"
 BUILT_IN = {
     "sql": "adapters.backends.sql:SqlBackend",
     "files": "adapters.backends.files:FileBackend",
+    "http": "adapters.backends.http:HttpBackend",
 }
 
 

@@ -499,7 +499,7 @@ def test_unknown_kind_names_it_and_lists_the_available_ones(installed_plugin: No
 
     message = str(caught.value)
     assert "unknown backend kind 'ldap'" in message
-    assert "available: files, marriage_registry, not_a_backend, sql" in message
+    assert "available: files, http, marriage_registry, not_a_backend, sql" in message
 
 
 def test_built_in_kinds_come_before_entry_points(tmp_path: Path) -> None:
