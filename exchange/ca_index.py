@@ -270,6 +270,20 @@ def _from_json(values: dict[str, Any]) -> IssuedCertificate:
     )
 
 
+def certified_key(ca_dir: Path, serial: int) -> bytes | None:
+    """The DER public key (SubjectPublicKeyInfo) the certificate `serial` certifies, from the
+    CA's own copy under DIR/issued/; None when there is no copy."""
+    try:
+        pem = (ca_dir / COPIES_DIR / f"{format_serial(serial)}.pem").read_bytes()
+    except FileNotFoundError:
+        return None
+    return (
+        x509.load_pem_x509_certificate(pem)
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+
+
 def write_atomically(path: Path, data: bytes) -> None:
     """Replace `path` with `data` so readers see the old file or the new one, never a mix."""
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")

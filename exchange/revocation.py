@@ -32,6 +32,7 @@ from exchange.ca_index import (
     IndexChange,
     IssuedCertificate,
     Status,
+    certified_key,
     format_serial,
     write_atomically,
 )
@@ -71,6 +72,7 @@ def revoke_certificates(
     now: dt.datetime | None = None,
 ) -> list[IssuedCertificate]:
     """Revoke the certificate with `serial`, or every valid one named `name`; publish the CRL.
+    For reason "key_compromise", every valid certificate of the same key is revoked too.
 
     Returns the records revoked (a certificate revoked before keeps its first revocation).
     Raises ValueError when nothing matches: a revocation that silently did nothing would leave
@@ -97,6 +99,17 @@ def revoke_certificates(
             targets = [r for r in targets if r.status(when) is Status.VALID]
             if not targets:
                 raise ValueError(f"every certificate named {name!r} is already revoked or expired")
+        if reason == "key_compromise":
+            # Renewed with --keep-key, other certificates certify the same key: it is the key
+            # that is compromised, so none of them may stay valid.
+            keys = {certified_key(ca_dir, r.serial) for r in targets} - {None}
+            targets += [
+                r
+                for r in change.records
+                if r not in targets
+                and r.status(when) is Status.VALID
+                and certified_key(ca_dir, r.serial) in keys
+            ]
         revoked = [change.revoke(r.serial, when, reason) for r in targets]
         _publish(ca, change, when)
     return [record for record in revoked if record is not None]

@@ -135,6 +135,26 @@ def test_a_revoked_certificate_cannot_be_renewed(ca_dir: Path, tmp_path: Path) -
     assert len(CertificateIndex(ca_dir).find(name="counter")) == 1
 
 
+def test_a_key_revoked_as_compromised_is_revoked_in_every_certificate_of_it(
+    ca_dir: Path, tmp_path: Path
+) -> None:
+    files = issue_identity(ca_dir, tmp_path, "counter", "department", "MCA")
+    first = load(files.cert).serial_number
+    renewed, _ = renew_identity(ca_dir, serial=first, new_key=False, out_dir=tmp_path / "v2")
+    second = load(renewed.cert).serial_number
+    other = load(issue_identity(ca_dir, tmp_path / "o", "other", "department", "MCA").cert)
+
+    revoked = revoke_certificates(ca_dir, serial=first, reason="key_compromise")
+
+    # The renewal certifies the same key: it goes too. Another key's certificate stays.
+    assert {r.serial for r in revoked} == {first, second}
+    assert crl_serials(ca_dir) == {first, second}
+    assert other.serial_number not in crl_serials(ca_dir)
+    # So no renewal can certify the compromised key again.
+    with pytest.raises(ValueError, match="this CA holds no unrevoked certificate named 'counter'"):
+        renew_identity(ca_dir, name="counter", new_key=False)
+
+
 # --- revocation and the CRL --------------------------------------------------------------------
 
 
