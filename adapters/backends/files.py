@@ -31,7 +31,7 @@ from typing import Any
 
 from adapters.backends.base import Backend, Record
 from adapters.backends.options import OptionReader
-from adapters.backends.values import optional_utc, render, to_utc
+from adapters.backends.values import record_of, render
 from audit.events import SubjectId
 
 _TYPE_KEYS = (
@@ -132,18 +132,16 @@ class FileCertificateType:
 
     def _record(self, row: Mapping[str, Any], where: str) -> tuple[str, Record]:
         subject_id = render(row.get(self.subject_key))
-        document_id = render(row.get(self.document_id_key))
-        if subject_id is None or document_id is None:
-            raise ValueError(f"{where}: {self.subject_key} and {self.document_id_key} are required")
-        valid_until = None
-        if self.valid_until_key is not None:
-            valid_until = optional_utc(row.get(self.valid_until_key), self.timezone, where)
-        rendered = {name: render(row.get(key)) for name, key in self.fields.items()}
-        record = Record(
-            document_id=document_id,
-            issued_at=to_utc(row.get(self.issued_at_key), self.timezone, where),
-            valid_until=valid_until,
-            fields={name: value for name, value in rendered.items() if value is not None},
+        if subject_id is None:
+            raise ValueError(f"{where}: the record has no {self.subject_key}")
+        record = record_of(
+            row.get,
+            document_id=self.document_id_key,
+            issued_at=self.issued_at_key,
+            valid_until=self.valid_until_key,
+            fields=self.fields,
+            zone=self.timezone,
+            where=where,
         )
         # validate_subject upper-cases ids (a resident ID may end in "x"); match its spelling.
         return subject_id.strip().upper(), record

@@ -52,7 +52,7 @@ import httpx
 
 from adapters.backends.base import Backend, Record
 from adapters.backends.options import OptionReader
-from adapters.backends.values import optional_utc, render, to_utc
+from adapters.backends.values import record_of
 from audit.events import SubjectId
 from exchange.errors import unavailable
 
@@ -133,18 +133,14 @@ class HttpCertificateType:
         return self._one(body, where)
 
     def _one(self, item: Mapping[str, Any], where: str) -> Record:
-        document_id = render(item.get(self.document_id_key))
-        if document_id is None:
-            raise ValueError(f"{where}: the record has no {self.document_id_key}")
-        valid_until = None
-        if self.valid_until_key is not None:
-            valid_until = optional_utc(item.get(self.valid_until_key), self.timezone, where)
-        rendered = {name: render(item.get(key)) for name, key in self.fields.items()}
-        return Record(
-            document_id=document_id,
-            issued_at=to_utc(item.get(self.issued_at_key), self.timezone, where),
-            valid_until=valid_until,
-            fields={name: value for name, value in rendered.items() if value is not None},
+        return record_of(
+            item.get,
+            document_id=self.document_id_key,
+            issued_at=self.issued_at_key,
+            valid_until=self.valid_until_key,
+            fields=self.fields,
+            zone=self.timezone,
+            where=where,
         )
 
 

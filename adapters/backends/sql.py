@@ -56,7 +56,7 @@ from sqlalchemy.engine import RowMapping
 
 from adapters.backends.base import Backend, Record
 from adapters.backends.options import OptionReader
-from adapters.backends.values import optional_utc, render, to_utc
+from adapters.backends.values import record_of
 from audit.events import SubjectId
 from exchange.db import normalise_url, set_for_session
 from exchange.errors import unavailable
@@ -130,19 +130,14 @@ class SqlCertificateType:
         if not row.keys() >= self._columns:
             missing = [name for name in self._columns if name not in row]
             raise ValueError(f"certificate_types.{self.code}: result has no column {missing}")
-        what = f"certificate_types.{self.code}"
-        valid_until = None
-        if self.valid_until_column is not None:
-            valid_until = optional_utc(row[self.valid_until_column], self.timezone, what)
-        rendered = {name: render(row[column]) for name, column in self.fields.items()}
-        document_id = render(row[self.document_id_column])
-        if document_id is None:
-            raise ValueError(f"{what}: the record has no {self.document_id_column}")
-        return Record(
-            document_id=document_id,
-            issued_at=to_utc(row[self.issued_at_column], self.timezone, what),
-            valid_until=valid_until,
-            fields={name: value for name, value in rendered.items() if value is not None},
+        return record_of(
+            row.get,
+            document_id=self.document_id_column,
+            issued_at=self.issued_at_column,
+            valid_until=self.valid_until_column,
+            fields=self.fields,
+            zone=self.timezone,
+            where=f"certificate_types.{self.code}",
         )
 
     @functools.cached_property

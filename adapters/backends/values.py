@@ -7,8 +7,11 @@ carries aware UTC instants. Field values of any scalar type become strings.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, time, tzinfo
 from decimal import Decimal
+
+from adapters.backends.base import Record
 
 
 def to_utc(value: object, zone: tzinfo, what: str) -> datetime:
@@ -56,3 +59,29 @@ def render(value: object) -> str | None:
         return value.hex()
     # Nested JSON (lists, objects) stays JSON so nothing is lost or reformatted ambiguously.
     return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def record_of(
+    value_of: Callable[[str], object],
+    *,
+    document_id: str,
+    issued_at: str,
+    valid_until: str | None,
+    fields: Mapping[str, str],
+    zone: tzinfo,
+    where: str,
+) -> Record:
+    """The Record in one row or object of a department's store, `value_of(key)` giving each
+    value (None when absent); the other arguments name the keys. ValueError names `where`
+    and what is missing or malformed: a record with no document id has nothing to sign."""
+    number = render(value_of(document_id))
+    if number is None:
+        raise ValueError(f"{where}: the record has no {document_id}")
+    until = optional_utc(value_of(valid_until), zone, where) if valid_until else None
+    rendered = {name: render(value_of(key)) for name, key in fields.items()}
+    return Record(
+        document_id=number,
+        issued_at=to_utc(value_of(issued_at), zone, where),
+        valid_until=until,
+        fields={name: value for name, value in rendered.items() if value is not None},
+    )
