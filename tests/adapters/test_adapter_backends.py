@@ -95,6 +95,20 @@ def write_typed_residents(url: str) -> None:
     engine.dispose()
 
 
+def typed_residents_node(tmp_path: Path, pki: TestPki, url: str, backend_option: str = "") -> Path:
+    """A node config reading typed_residents (TABLE_SPEC) at `url`: name and household size."""
+    spec = "\n".join(f'{key} = "{value}"' for key, value in TABLE_SPEC.items())
+    backend = textwrap.dedent(f"""\
+        kind = "sql"
+        url = "{url}"
+        {backend_option}
+        [certificate_types.resident_identity]
+        {spec}
+        fields = {{ name = "full_name", household_size = "household_size" }}
+        """)
+    return write_config(tmp_path, pki, backend)
+
+
 # --- SQL ------------------------------------------------------------------------------------
 
 
@@ -168,16 +182,7 @@ async def test_a_read_stuck_behind_a_lock_ends_at_the_statement_timeout(
     # A migration holding the table, say: the read must end, and free its thread, instead of
     # waiting for as long as the lock is held, long after the hub has given up on it.
     write_typed_residents(postgres_url)
-    spec = "\n".join(f'{key} = "{value}"' for key, value in TABLE_SPEC.items())
-    backend = textwrap.dedent(f"""\
-        kind = "sql"
-        url = "{postgres_url}"
-        statement_timeout_ms = 300
-        [certificate_types.resident_identity]
-        {spec}
-        fields = {{ name = "full_name" }}
-        """)
-    config = write_config(tmp_path, pki, backend)
+    config = typed_residents_node(tmp_path, pki, postgres_url, "statement_timeout_ms = 300")
     engine = sa.create_engine(postgres_url)
     with engine.connect() as locker, locker.begin():
         locker.execute(sa.text("LOCK TABLE typed_residents IN ACCESS EXCLUSIVE MODE"))
@@ -265,15 +270,7 @@ async def test_hub_gets_a_document_from_postgresql(
     postgres_url: str, tmp_path: Path, pki: TestPki, hub_tls: TlsFiles
 ) -> None:
     write_typed_residents(postgres_url)
-    spec = "\n".join(f'{key} = "{value}"' for key, value in TABLE_SPEC.items())
-    backend = textwrap.dedent(f"""\
-        kind = "sql"
-        url = "{postgres_url}"
-        [certificate_types.resident_identity]
-        {spec}
-        fields = {{ name = "full_name", household_size = "household_size" }}
-        """)
-    config = write_config(tmp_path, pki, backend)
+    config = typed_residents_node(tmp_path, pki, postgres_url)
 
     async with running_node(config) as port, adapter_client(port, hub_tls) as stub:
         response = await stub.Fetch(fetch_request(ZHANG, fields=("name", "household_size")))
