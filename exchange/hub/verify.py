@@ -120,11 +120,14 @@ def _parse(payload: bytes) -> common_pb2.Document:
     except DecodeError:
         raise IntegrityError("signed payload is not a Document") from None
     # The payload goes to the caller as it is, so nothing in it may escape the checks below:
-    # fields this hub does not know (hidden data, or a node on a newer schema) are refused.
-    size = document.ByteSize()
+    # no field this hub does not know (hidden data, or a node on a newer schema) and no field
+    # given twice (the parse keeps the last; another reader may take the first). As any
+    # protobuf library writes it, a Document is exactly as long as its known fields.
     document.DiscardUnknownFields()
-    if document.ByteSize() != size:
-        raise IntegrityError("signed payload carries fields a Document does not have")
+    if document.ByteSize() != len(payload):
+        raise IntegrityError(
+            "signed payload holds more than a Document: a field unknown or repeated"
+        )
     return document
 
 

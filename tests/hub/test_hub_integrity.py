@@ -79,9 +79,11 @@ class RogueAdapter(adapter_pb2_grpc.AdapterServiceServicer):  # type: ignore[mis
         if trick == "not-a-document":
             payload = b"\xff\xff\xff"
         elif trick == "hidden-field":
-            payload += _unknown_field(15, "ethnicity=汉")
+            payload += _text_field(15, "ethnicity=汉")
         elif trick == "hidden-in-subject":
-            payload += b"\x1a" + _length_delimited(_unknown_field(9, "ethnicity=汉"))
+            payload += b"\x1a" + _length_delimited(_text_field(9, "ethnicity=汉"))
+        elif trick == "field-given-twice":  # parsers keep the last document_id; some the first
+            payload = _text_field(1, "ethnicity=汉") + payload
         signature = key.sign(payload)
         if trick == "tampered":
             document.fields["name"] = "王芳"
@@ -93,12 +95,12 @@ class RogueAdapter(adapter_pb2_grpc.AdapterServiceServicer):  # type: ignore[mis
             signature=signature,
         )
         if trick == "unsigned-beside":
-            signed.MergeFromString(_unknown_field(9, "ethnicity=汉"))
+            signed.MergeFromString(_text_field(9, "ethnicity=汉"))
         return adapter_pb2.FetchResponse(document=signed)
 
 
-def _unknown_field(number: int, text: str) -> bytes:
-    """A length-delimited field `number` holding `text`, which the message does not define."""
+def _text_field(number: int, text: str) -> bytes:
+    """Field `number` holding `text`, as protobuf writes a string (length-delimited)."""
     return bytes([number << 3 | 2]) + _length_delimited(text.encode())
 
 
@@ -155,8 +157,9 @@ async def test_the_rogue_node_played_straight_is_believed(
         ("expired", "document validity has ended"),
         ("backdated", "document was not signed for this request just now"),
         ("absurd-time", "document has an invalid timestamp"),
-        ("hidden-field", "signed payload carries fields a Document does not have"),
-        ("hidden-in-subject", "signed payload carries fields a Document does not have"),
+        ("hidden-field", "signed payload holds more than a Document: a field unknown"),
+        ("hidden-in-subject", "signed payload holds more than a Document: a field unknown"),
+        ("field-given-twice", "signed payload holds more than a Document: a field unknown"),
         ("huge-algorithm", "unsupported signature algorithm 'xxxxxxxx"),
     ],
 )
