@@ -72,7 +72,7 @@ def revoke_certificates(
     now: dt.datetime | None = None,
 ) -> list[IssuedCertificate]:
     """Revoke the certificate with `serial`, or every valid one named `name`; publish the CRL.
-    For reason "key_compromise", every valid certificate of the same key is revoked too.
+    For reason "key_compromise", every certificate of the same key is revoked too.
 
     Returns the records revoked (a certificate revoked before keeps its first revocation).
     Raises ValueError when nothing matches: a revocation that silently did nothing would leave
@@ -101,13 +101,14 @@ def revoke_certificates(
                 raise ValueError(f"every certificate named {name!r} is already revoked or expired")
         if reason == "key_compromise":
             # Renewed with --keep-key, other certificates certify the same key: it is the key
-            # that is compromised, so none of them may stay valid.
+            # that is compromised, so every one of them is revoked, expired ones too (else a
+            # renewal of one of those, keeping its key, would certify it again).
             keys = {certified_key(ca_dir, r.serial) for r in targets} - {None}
             targets += [
                 r
                 for r in change.records
                 if r not in targets
-                and r.status(when) is Status.VALID
+                and r.revoked_at is None
                 and certified_key(ca_dir, r.serial) in keys
             ]
         revoked = [change.revoke(r.serial, when, reason) for r in targets]

@@ -135,18 +135,27 @@ def test_a_revoked_certificate_cannot_be_renewed(ca_dir: Path, tmp_path: Path) -
     assert len(CertificateIndex(ca_dir).find(name="counter")) == 1
 
 
+@pytest.mark.parametrize("revoked_one", ["first", "renewal"])
 def test_a_key_revoked_as_compromised_is_revoked_in_every_certificate_of_it(
-    ca_dir: Path, tmp_path: Path
+    ca_dir: Path, tmp_path: Path, revoked_one: str
 ) -> None:
-    files = issue_identity(ca_dir, tmp_path, "counter", "department", "MCA")
+    # The first certificate is only valid for a moment: by the revocation it has expired.
+    soon = dt.datetime.now(dt.UTC) - dt.timedelta(days=1) + dt.timedelta(seconds=1)
+    files = issue_identity(
+        ca_dir, tmp_path, "counter", "department", "MCA", days=1, not_before=soon
+    )
     first = load(files.cert).serial_number
-    renewed, _ = renew_identity(ca_dir, serial=first, new_key=False, out_dir=tmp_path / "v2")
+    renewed, _ = renew_identity(
+        ca_dir, serial=first, days=30, new_key=False, out_dir=tmp_path / "v2"
+    )
     second = load(renewed.cert).serial_number
     other = load(issue_identity(ca_dir, tmp_path / "o", "other", "department", "MCA").cert)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)
 
-    revoked = revoke_certificates(ca_dir, serial=first, reason="key_compromise")
+    target = first if revoked_one == "first" else second
+    revoked = revoke_certificates(ca_dir, serial=target, reason="key_compromise", now=later)
 
-    # The renewal certifies the same key: it goes too. Another key's certificate stays.
+    # Every certificate of the key goes, the expired one too; another key's stays.
     assert {r.serial for r in revoked} == {first, second}
     assert crl_serials(ca_dir) == {first, second}
     assert other.serial_number not in crl_serials(ca_dir)
