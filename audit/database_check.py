@@ -14,7 +14,7 @@ however long the log.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 import sqlalchemy as sa
@@ -152,19 +152,20 @@ class _TreeNodes:
         if self.bad is not None:
             self._fail(*self.bad)
         nodes = audit_tree_nodes.c
-        expected = [
-            sa.and_(
-                nodes.level == level, nodes.position >= 0, nodes.position < checked_size >> level
-            )
-            for level in range(TILE_LEVEL, checked_size.bit_length())
-        ]
-        with self.engine.connect() as conn:
-            stray = conn.execute(
+
+        def first_stray(conn: sa.Connection, size: int) -> Any:
+            expected = [
+                sa.and_(nodes.level == level, nodes.position >= 0, nodes.position < size >> level)
+                for level in range(TILE_LEVEL, size.bit_length())
+            ]
+            return conn.execute(
                 sa.select(nodes.level, nodes.position)
                 .where(sa.not_(sa.or_(sa.false(), *expected)))
                 .order_by(nodes.level, nodes.position)
                 .limit(1)
             ).first()
+
+        stray = _first_beyond_what_is_signed(self.engine, checked_size, first_stray)
         if stray is not None:
             level, position = int(stray.level), int(stray.position)
             reason = (
@@ -228,17 +229,46 @@ def _check_query_index(engine: sa.Engine, indexed_size: int) -> None:
                 ),
             )
         ).scalar()
-        beyond = conn.execute(
-            sa.select(sa.func.min(index.c.idx)).where(index.c.idx >= indexed_size)
-        ).scalar()
+
+    def first_beyond(conn: sa.Connection, size: int) -> Any:
+        return conn.execute(
+            sa.select(index.c.idx).where(index.c.idx >= size).order_by(index.c.idx).limit(1)
+        ).first()
+
+    beyond = _first_beyond_what_is_signed(engine, indexed_size, first_beyond)
     if differing is not None:
         raise VerificationError(
             int(differing), "its row in audit_query_index is missing or differs from the entry"
         )
     if beyond is not None:
         raise VerificationError(
-            int(beyond), "audit_query_index has a row no checkpoint covers (inserted)"
+            int(beyond.idx), "audit_query_index has a row no checkpoint covers (inserted)"
         )
+
+
+def _first_beyond_what_is_signed(
+    engine: sa.Engine,
+    checked_size: int,
+    first_beyond: Callable[[sa.Connection, int], Any],
+) -> Any:
+    """The first row (or None) `first_beyond(conn, size)` finds past what the stored
+    checkpoints cover.
+
+    That is `checked_size`, the tree this check verified, unless the hub's sequencer signed
+    more while it ran: a round stores its tree nodes, index rows and checkpoint in one
+    transaction, so a row it stored meanwhile is covered by a checkpoint read after it. A
+    row still beyond the signed tree once that stops growing was put there by someone else.
+    """
+    size = checked_size
+    while True:
+        with engine.connect() as conn:
+            found = first_beyond(conn, size)
+            if found is None:
+                return None
+            signed_now = max(size, store.signed_size(conn))
+        if signed_now == size:
+            return found
+        size = signed_now
 
 
 def _stored_rows(engine: sa.Engine) -> Iterator[sa.Row[Any]]:

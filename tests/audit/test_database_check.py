@@ -6,11 +6,13 @@ import asyncio
 import hashlib
 import tracemalloc
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from audit_world import lookup_event
 
+from audit import database_check
 from audit.config import AuditConfig
 from audit.database_check import verify_database
 from audit.log import AuditLog
@@ -90,6 +92,36 @@ async def test_tampered_tree_node_is_named(
     assert failure.value.index is None  # no entry is to blame
     assert "audit_tree_nodes" in failure.value.problem
     assert named in failure.value.problem and kind in failure.value.problem
+
+
+async def test_a_round_the_hub_signs_while_the_check_runs_is_no_tampering(
+    audit_log: AuditLog,
+    engine: sa.Engine,
+    audit_config: AuditConfig,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Operators run the check on a live hub: its sequencer may store tree nodes, index rows
+    # and a checkpoint beyond the tree the check set out to verify.
+    await asyncio.gather(*(audit_log.append(lookup_event(i)) for i in range(300)))
+    await audit_log.checkpoint(fresh=True)
+    await asyncio.gather(*(audit_log.append(lookup_event(i)) for i in range(300, 600)))
+    start = database_check._TreeNodes.__init__
+
+    def then_the_hub_signs_600(nodes: Any, engine: sa.Engine, signed_size: int) -> None:
+        start(nodes, engine, signed_size)
+        assert audit_log.sequencer.run(fresh=True) is not None
+
+    monkeypatch.setattr(database_check._TreeNodes, "__init__", then_the_hub_signs_600)
+    checked = verify_database(engine, load_public_key_raw(audit_config.public_key))
+    monkeypatch.undo()
+
+    assert checked.tree_size == 300  # what it set out to verify
+    assert checked.entries == 600
+    with engine.begin() as conn:  # a node beyond even the new checkpoint is still found
+        insert_node(8, 3)(conn)
+    with pytest.raises(VerificationError) as inserted:
+        verify_database(engine, load_public_key_raw(audit_config.public_key))
+    assert "(level 8, position 3)" in inserted.value.problem
 
 
 async def test_cli_verify_database_prints_ok_or_what_is_wrong(
