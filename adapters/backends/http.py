@@ -24,6 +24,7 @@ subject id can reach another path or add a query. The answer is read as JSON:
 
     [certificate_types.resident_identity]
     path = "residents/{subject_id}"
+    subject_key = "id_number"             # optional: each record must be about the subject
     document_id_key = "certificate_no"
     issued_at_key = "issued_on"
     valid_until_key = "expires_on"        # optional; null or absent means valid without end
@@ -37,6 +38,7 @@ environment are not used: a node talks to its department's service directly.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -52,7 +54,7 @@ import httpx
 
 from adapters.backends.base import Backend, Record
 from adapters.backends.options import OptionReader
-from adapters.backends.values import record_of
+from adapters.backends.values import record_of, render
 from audit.events import SubjectId
 from exchange.errors import unavailable
 
@@ -75,6 +77,7 @@ _BACKEND_KEYS = (
 )
 _TYPE_KEYS = (
     "path",
+    "subject_key",
     "document_id_key",
     "issued_at_key",
     "valid_until_key",
@@ -89,6 +92,7 @@ class HttpCertificateType:
 
     code: str
     path: str  # with "{subject_id}"
+    subject_key: str | None
     document_id_key: str
     issued_at_key: str
     valid_until_key: str | None
@@ -108,6 +112,7 @@ class HttpCertificateType:
         return cls(
             code=code,
             path=path.lstrip("/"),  # under base_url, never beside it
+            subject_key=reader.optional_text("subject_key"),
             document_id_key=reader.text("document_id_key"),
             issued_at_key=reader.text("issued_at_key"),
             valid_until_key=reader.optional_text("valid_until_key"),
@@ -119,20 +124,25 @@ class HttpCertificateType:
         """The path asked for about `subject_id`, which cannot leave its one path segment."""
         return self.path.replace("{subject_id}", quote(subject_id, safe=""))
 
-    def record(self, body: object, where: str) -> Record | None:
-        """The record in a decoded 200 answer; ValueError names what is malformed."""
-        if body is None:
-            return None
-        if isinstance(body, list):
-            if not all(isinstance(item, dict) for item in body):
-                raise ValueError(f"{where}: expected a JSON object, an array of objects or null")
-            records = [self._one(item, f"{where}[{i}]") for i, item in enumerate(body)]
-            return max(records, key=lambda r: r.issued_at, default=None)
-        if not isinstance(body, dict):
+    def record(self, body: object, subject_id: str, where: str) -> Record | None:
+        """The record in a decoded 200 answer about `subject_id`; ValueError names what is
+        malformed."""
+        items = body if isinstance(body, list) else [] if body is None else [body]
+        if not all(isinstance(item, dict) for item in items):
             raise ValueError(f"{where}: expected a JSON object, an array of objects or null")
-        return self._one(body, where)
+        many = isinstance(body, list)
+        records = [
+            self._one(item, subject_id, f"{where}[{i}]" if many else where)
+            for i, item in enumerate(items)
+        ]
+        return max(records, key=lambda r: r.issued_at, default=None)
 
-    def _one(self, item: Mapping[str, Any], where: str) -> Record:
+    def _one(self, item: Mapping[str, Any], subject_id: str, where: str) -> Record:
+        if self.subject_key is not None:
+            about = render(item.get(self.subject_key))
+            if about is None or about.strip().upper() != subject_id:
+                # A service's mistake: the node would sign another person's record as theirs.
+                raise ValueError(f"{where}: a record about another subject")
         return record_of(
             item.get,
             document_id=self.document_id_key,
@@ -220,7 +230,8 @@ class HttpBackend(Backend):
         self._client = httpx.AsyncClient(
             base_url=config.base_url,
             headers={"Accept": "application/json", **dict(config.headers)},
-            timeout=httpx.Timeout(config.timeout_ms / 1000),
+            # _get bounds each whole exchange; this, twice as long, is only a backstop.
+            timeout=httpx.Timeout(2 * config.timeout_ms / 1000),
             limits=httpx.Limits(
                 max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS
             ),
@@ -248,13 +259,18 @@ class HttpBackend(Backend):
             decoded = json.loads(body)
         except ValueError as exc:  # not JSON, or not UTF-8
             raise ValueError(f"{certificate_type}: the service's answer is not JSON") from exc
-        return spec.record(decoded, f"{certificate_type}: the service's answer")
+        return spec.record(decoded, subject.id, f"{certificate_type}: the service's answer")
 
     async def _get(self, certificate_type: str, path: str) -> bytes | None:
         """The body of a 200 answer; None for a 404; unavailable for anything else."""
         limit = self.config.max_response_bytes
         try:
-            async with self._client.stream("GET", path) as response:
+            # httpx bounds each connect, read and write; this bounds them all together (a
+            # service sending a byte now and then would otherwise hold the call for long).
+            async with (
+                asyncio.timeout(self.config.timeout_ms / 1000),
+                self._client.stream("GET", path) as response,
+            ):
                 if response.status_code == 404:
                     return None
                 if response.status_code != 200:
@@ -270,6 +286,8 @@ class HttpBackend(Backend):
                     problem = f"answered more than max_response_bytes ({limit})"
         except httpx.HTTPError as exc:  # refused, reset, timed out, TLS failed
             problem = f"failed: {type(exc).__name__}: {exc}"
+        except TimeoutError:
+            problem = f"took longer than timeout_ms ({self.config.timeout_ms})"
         # The path holds the subject id: it stays out of the log.
         log.error("record service for %s %s", certificate_type, problem)
         raise unavailable("the department's record service is unavailable")

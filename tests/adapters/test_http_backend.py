@@ -43,6 +43,8 @@ BROKEN = "110101199001011237"  # answers 500
 SLOW = "110101199001011210"  # answers after the backend's timeout
 HUGE = "11010119900101125X"  # answers 2 MiB
 GARBLED = "110101199001011295"  # answers 200 with a body that is not JSON
+TRICKLE = "110101199001011278"  # answers a byte every 0.1 s, each well within the timeout
+MIXED_UP = "110101199001011286"  # answers ZHANG's records, as a buggy service might
 
 
 class RecordService(http.server.BaseHTTPRequestHandler):
@@ -63,6 +65,11 @@ class RecordService(http.server.BaseHTTPRequestHandler):
             self._answer(200, b"[" + b" " * (2 << 20) + b"]")
         elif subject_id == GARBLED:
             self._answer(200, b"<html>maintenance</html>")
+        elif subject_id == MIXED_UP:
+            rows = [row for row in ROWS if row["id_number"] == ZHANG]
+            self._answer(200, json.dumps(rows, ensure_ascii=False).encode())
+        elif subject_id == TRICKLE:
+            self._answer(200, b"[]" + b" " * 20, pause=0.1)
         else:
             rows = [row for row in ROWS if row["id_number"] == subject_id]
             if rows:
@@ -70,13 +77,19 @@ class RecordService(http.server.BaseHTTPRequestHandler):
             else:
                 self._answer(404, b"{}")
 
-    def _answer(self, status: int, body: bytes) -> None:
+    def _answer(self, status: int, body: bytes, pause: float = 0) -> None:
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         with contextlib.suppress(OSError):  # the backend may have given up already
-            self.wfile.write(body)
+            if not pause:
+                self.wfile.write(body)
+                return
+            for byte in body:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                threading.Event().wait(pause)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -159,10 +172,11 @@ async def test_a_subject_id_cannot_reach_another_path() -> None:
     ("subject_id", "logged"),
     [
         (BROKEN, "answered HTTP 500"),
-        (SLOW, "failed: ReadTimeout"),
+        (SLOW, "took longer than timeout_ms (300)"),
+        (TRICKLE, "took longer than timeout_ms (300)"),
         (HUGE, f"answered more than max_response_bytes ({1 << 20})"),
     ],
-    ids=["error-status", "too-slow", "too-large"],
+    ids=["error-status", "too-slow", "trickling", "too-large"],
 )
 async def test_a_failing_service_is_unavailable_so_the_hub_can_fail_over(
     subject_id: str, logged: str, caplog: pytest.LogCaptureFixture
@@ -186,6 +200,28 @@ async def test_a_service_that_is_not_there_is_unavailable() -> None:
             await backend.fetch("resident_identity", resident(ZHANG))
 
     assert failed.value.status == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_with_a_subject_key_a_record_about_someone_else_is_never_signed() -> None:
+    with record_service() as url:
+        async with backend_on(url) as backend:
+            unchecked = await backend.fetch("resident_identity", resident(MIXED_UP))
+        checking = options(url)
+        types: Any = checking["certificate_types"]
+        types["resident_identity"]["subject_key"] = "id_number"
+        backend = HttpBackend.from_options(checking, Path("."))
+        try:
+            zhang = await backend.fetch("resident_identity", resident(ZHANG))
+            with pytest.raises(ValueError) as mixed_up:
+                await backend.fetch("resident_identity", resident(MIXED_UP))
+        finally:
+            await backend.close()
+
+    assert unchecked is not None  # without subject_key the service is trusted to answer right
+    assert zhang is not None and zhang.document_id == "PSB-2019-0001"
+    assert str(mixed_up.value) == (
+        "resident_identity: the service's answer[0]: a record about another subject"
+    )
 
 
 async def test_an_answer_that_is_not_json_is_a_malformed_record() -> None:
