@@ -25,13 +25,12 @@ import csv
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import tzinfo
 from pathlib import Path
 from typing import Any
 
 from adapters.backends.base import Backend, Record
 from adapters.backends.options import OptionReader
-from adapters.backends.values import record_of, render
+from adapters.backends.values import RecordLayout, render
 from audit.events import SubjectId
 
 _TYPE_KEYS = (
@@ -57,11 +56,7 @@ class FileCertificateType:
     format: str
     encoding: str
     subject_key: str
-    document_id_key: str
-    issued_at_key: str
-    valid_until_key: str | None
-    timezone: tzinfo
-    fields: dict[str, str]  # field name -> key in the file
+    layout: RecordLayout  # keys in the file
 
     @classmethod
     def from_dict(cls, code: str, d: Mapping[str, Any], base_dir: Path) -> FileCertificateType:
@@ -78,11 +73,7 @@ class FileCertificateType:
             format=file_format,
             encoding=reader.text("encoding", default="utf-8-sig"),
             subject_key=reader.text("subject_key"),
-            document_id_key=reader.text("document_id_key"),
-            issued_at_key=reader.text("issued_at_key"),
-            valid_until_key=reader.optional_text("valid_until_key"),
-            timezone=reader.zone(),
-            fields=reader.string_map("fields"),
+            layout=RecordLayout.read(reader, "key"),
         )
 
     def load(self) -> dict[str, Record]:
@@ -107,10 +98,7 @@ class FileCertificateType:
         return records
 
     def _configured_keys(self) -> list[str]:
-        keys = [self.subject_key, self.document_id_key, self.issued_at_key]
-        if self.valid_until_key is not None:
-            keys.append(self.valid_until_key)
-        return list(dict.fromkeys([*keys, *self.fields.values()]))
+        return list(dict.fromkeys((self.subject_key, *self.layout.keys)))
 
     def _rows(self) -> Iterator[Mapping[str, Any]]:
         with self.path.open(encoding=self.encoding, newline="") as stream:
@@ -134,15 +122,7 @@ class FileCertificateType:
         subject_id = render(row.get(self.subject_key))
         if subject_id is None:
             raise ValueError(f"{where}: the record has no {self.subject_key}")
-        record = record_of(
-            row.get,
-            document_id=self.document_id_key,
-            issued_at=self.issued_at_key,
-            valid_until=self.valid_until_key,
-            fields=self.fields,
-            zone=self.timezone,
-            where=where,
-        )
+        record = self.layout.record(row.get, where)
         # validate_subject upper-cases ids (a resident ID may end in "x"); match its spelling.
         return subject_id.strip().upper(), record
 
@@ -182,7 +162,9 @@ class FileBackend(Backend):
 
     def served_types(self) -> dict[str, tuple[str, ...]]:
         """Each configured certificate type and its field names."""
-        return {code: tuple(spec.fields) for code, spec in self.config.certificate_types.items()}
+        return {
+            code: tuple(spec.layout.fields) for code, spec in self.config.certificate_types.items()
+        }
 
     async def fetch(self, certificate_type: str, subject: SubjectId) -> Record | None:
         """The subject's record of that type from memory."""

@@ -45,7 +45,6 @@ import os
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import tzinfo
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -54,7 +53,7 @@ import httpx
 
 from adapters.backends.base import Backend, Record
 from adapters.backends.options import OptionReader
-from adapters.backends.values import record_of, render
+from adapters.backends.values import RecordLayout, render
 from audit.events import SubjectId
 from exchange.errors import unavailable
 
@@ -93,11 +92,7 @@ class HttpCertificateType:
     code: str
     path: str  # with "{subject_id}"
     subject_key: str | None
-    document_id_key: str
-    issued_at_key: str
-    valid_until_key: str | None
-    timezone: tzinfo
-    fields: dict[str, str]  # field name -> key in the JSON object
+    layout: RecordLayout  # keys in the JSON object
 
     @classmethod
     def from_dict(cls, code: str, d: Mapping[str, Any]) -> HttpCertificateType:
@@ -113,11 +108,7 @@ class HttpCertificateType:
             code=code,
             path=path.lstrip("/"),  # under base_url, never beside it
             subject_key=reader.optional_text("subject_key"),
-            document_id_key=reader.text("document_id_key"),
-            issued_at_key=reader.text("issued_at_key"),
-            valid_until_key=reader.optional_text("valid_until_key"),
-            timezone=reader.zone(),
-            fields=reader.string_map("fields"),
+            layout=RecordLayout.read(reader, "key"),
         )
 
     def url_path(self, subject_id: str) -> str:
@@ -143,15 +134,7 @@ class HttpCertificateType:
             if about is None or about.strip().upper() != subject_id:
                 # A service's mistake: the node would sign another person's record as theirs.
                 raise ValueError(f"{where}: a record about another subject")
-        return record_of(
-            item.get,
-            document_id=self.document_id_key,
-            issued_at=self.issued_at_key,
-            valid_until=self.valid_until_key,
-            fields=self.fields,
-            zone=self.timezone,
-            where=where,
-        )
+        return self.layout.record(item.get, where)
 
 
 @dataclass(frozen=True)
@@ -247,7 +230,9 @@ class HttpBackend(Backend):
 
     def served_types(self) -> dict[str, tuple[str, ...]]:
         """Each configured certificate type and its field names."""
-        return {code: tuple(spec.fields) for code, spec in self.config.certificate_types.items()}
+        return {
+            code: tuple(spec.layout.fields) for code, spec in self.config.certificate_types.items()
+        }
 
     async def fetch(self, certificate_type: str, subject: SubjectId) -> Record | None:
         """The subject's record of that type, asked of the service."""

@@ -47,7 +47,6 @@ import logging
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +55,7 @@ from sqlalchemy.engine import RowMapping
 
 from adapters.backends.base import Backend, Record
 from adapters.backends.options import OptionReader
-from adapters.backends.values import record_of
+from adapters.backends.values import RecordLayout
 from audit.events import SubjectId
 from exchange.db import normalise_url, set_for_session
 from exchange.errors import unavailable
@@ -85,24 +84,14 @@ class SqlCertificateType:
 
     code: str
     statement: sa.Executable
-    document_id_column: str
-    issued_at_column: str
-    valid_until_column: str | None
-    timezone: tzinfo
-    fields: dict[str, str]  # field name -> result column
+    layout: RecordLayout  # result columns
 
     @classmethod
     def from_dict(cls, code: str, d: Mapping[str, Any]) -> SqlCertificateType:
         """Parse `[certificate_types.<code>]`; ValueError names any unknown or missing key."""
         where = f"certificate_types.{code}"
         reader = OptionReader(d, where, _TYPE_KEYS)
-        document_id_column = reader.text("document_id_column")
-        issued_at_column = reader.text("issued_at_column")
-        valid_until_column = reader.optional_text("valid_until_column")
-        fields = reader.string_map("fields")
-        selected = [document_id_column, issued_at_column, *fields.values()]
-        if valid_until_column is not None:
-            selected.append(valid_until_column)
+        layout = RecordLayout.read(reader, "column")
         if "query" in d:
             if "table" in d or "subject_column" in d or "schema" in d:
                 raise ValueError(f"{where}: give either 'query' or 'table' + 'subject_column'")
@@ -112,44 +101,30 @@ class SqlCertificateType:
                 table=reader.text("table"),
                 schema=reader.optional_text("schema"),
                 subject_column=reader.text("subject_column"),
-                issued_at_column=issued_at_column,
-                selected=selected,
+                issued_at_column=layout.issued_at,
+                selected=layout.keys,
             )
-        return cls(
-            code=code,
-            statement=statement,
-            document_id_column=document_id_column,
-            issued_at_column=issued_at_column,
-            valid_until_column=valid_until_column,
-            timezone=reader.zone(),
-            fields=fields,
-        )
+        return cls(code=code, statement=statement, layout=layout)
 
     def record(self, row: Mapping[Any, Any]) -> Record:
         """The Record for one result row; ValueError when a configured column is missing."""
+        where = f"certificate_types.{self.code}"
         if not row.keys() >= self._columns:
-            missing = [name for name in self._columns if name not in row]
-            raise ValueError(f"certificate_types.{self.code}: result has no column {missing}")
-        return record_of(
-            row.get,
-            document_id=self.document_id_column,
-            issued_at=self.issued_at_column,
-            valid_until=self.valid_until_column,
-            fields=self.fields,
-            zone=self.timezone,
-            where=f"certificate_types.{self.code}",
-        )
+            missing = [name for name in self.layout.keys if name not in row]
+            raise ValueError(f"{where}: result has no column {missing}")
+        return self.layout.record(row.get, where)
 
     @functools.cached_property
     def _columns(self) -> frozenset[str]:
-        columns = {self.document_id_column, self.issued_at_column, *self.fields.values()}
-        return frozenset(
-            columns | ({self.valid_until_column} if self.valid_until_column else set())
-        )
+        return frozenset(self.layout.keys)
 
 
 def _table_statement(
-    table: str, schema: str | None, subject_column: str, issued_at_column: str, selected: list[str]
+    table: str,
+    schema: str | None,
+    subject_column: str,
+    issued_at_column: str,
+    selected: tuple[str, ...],
 ) -> sa.Executable:
     names = dict.fromkeys([*selected, subject_column])  # ordered, without repeats
     source = sa.table(table, *(sa.column(name) for name in names), schema=schema)
@@ -321,7 +296,9 @@ class SqlBackend(Backend):
 
     def served_types(self) -> dict[str, tuple[str, ...]]:
         """Each configured certificate type and its field names."""
-        return {code: tuple(spec.fields) for code, spec in self.config.certificate_types.items()}
+        return {
+            code: tuple(spec.layout.fields) for code, spec in self.config.certificate_types.items()
+        }
 
     async def fetch(self, certificate_type: str, subject: SubjectId) -> Record | None:
         """The subject's record of that type (from a worker thread, but see InlineSqlite)."""
